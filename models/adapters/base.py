@@ -1,0 +1,178 @@
+"""What every family adapter offers: the model as an ordered list of stages.
+
+Stages are ``embed``, ``block.0`` .. ``block.{L-1}`` and ``head`` (final norm plus LM head or
+pooler). A shard runs a contiguous range of them and rebuilds what the blocks need (positions,
+masks, rotary embeddings) from its own KV cache, so nothing but the activation crosses a cut.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ShardState:
+    """Per-request state one shard keeps between calls (its KV cache and token count)."""
+
+    cache: Any | None = None
+    past_length: int = 0
+
+
+@dataclass
+class StageContext:
+    """What the blocks of one shard need for one forward call; built once per call."""
+
+    position_ids: torch.Tensor | None
+    cache: Any | None
+    masks: dict[str, Any] = field(default_factory=dict)
+    position_embeddings: Any | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass
+class HeadOutput:
+    """What the final stage returns.
+
+    Attributes:
+        last_hidden_state: Final (normed, for decoders) hidden states, (batch, tokens, hidden).
+        logits: Decoders: logits of the last ``logits_to_keep`` positions.
+        pooled: Encoders with a pooler: the pooled output, (batch, hidden).
+    """
+
+    last_hidden_state: torch.Tensor
+    logits: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
+class FamilyAdapter(ABC):
+    """One model family's view of a Hugging Face model as stages.
+
+    Subclasses hold every quirk of their family (fused projections, grouped-query attention,
+    poolers, rotary embeddings, masks); nothing outside the adapter knows them.
+    """
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    is_decoder: ClassVar[bool]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    # -- shape facts -------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """Number of transformer blocks L."""
+        return len(self.blocks())
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the activation that crosses any cut."""
+        return int(self.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size."""
+        return int(self.config.vocab_size)
+
+    def stage_names(self) -> list[str]:
+        """``embed``, ``block.0`` .. ``block.{L-1}``, ``head``."""
+        return ["embed", *[f"block.{i}" for i in range(self.num_blocks)], "head"]
+
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, in order."""
+
+    @property
+    @abstractmethod
+    def block_prefix(self) -> str:
+        """Attribute path of the block list in the model, e.g. ``model.layers``."""
+
+    def stage_of(self, tensor_name: str) -> str | None:
+        """The stage a state-dict entry belongs to, or None if it belongs to none."""
+        bp = self.block_prefix + "."
+        if tensor_name.startswith(bp):
+            return f"block.{int(tensor_name[len(bp):].split('.')[0])}"
+        for stage, mods in (("embed", self.embed_modules()), ("head", self.head_modules())):
+            if any(tensor_name == p or tensor_name.startswith(p + ".") for p in mods):
+                return stage
+        return None
+
+    @abstractmethod
+    def embed_modules(self) -> dict[str, nn.Module]:
+        """Modules of the embedding stage, by attribute path (for parameter counts and export)."""
+
+    @abstractmethod
+    def head_modules(self) -> dict[str, nn.Module]:
+        """Modules of the final stage, by attribute path."""
+
+    @abstractmethod
+    def attention_heads(self, block: int) -> tuple[int, int]:
+        """(query heads, key/value heads) of a block, as currently shaped."""
+
+    @abstractmethod
+    def mlp_channels(self, block: int) -> int:
+        """Inner MLP width of a block, as currently shaped."""
+
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.config.num_attention_heads)
+
+    def kv_cache_bytes_per_token(self, block: int, element_bytes: int) -> int:
+        """KV-cache bytes one block adds per token of context (0 for encoders)."""
+        if not self.is_decoder:
+            return 0
+        _, kv_heads = self.attention_heads(block)
+        return 2 * kv_heads * self.head_dim() * element_bytes
+
+    # -- execution ---------------------------------------------------------------------------
+    def new_state(self) -> ShardState:
+        """Fresh per-request state (a KV cache for decoders)."""
+        return ShardState(cache=self.new_cache() if self.is_decoder else None)
+
+    def new_cache(self) -> Any | None:
+        """A KV cache sized for the whole model; a shard fills only its own layers."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def position_ids(self, tokens: int, past_length: int, device: torch.device) -> torch.Tensor:
+        """Positions of the new tokens, (1, tokens)."""
+        return (torch.arange(tokens, device=device) + past_length).unsqueeze(0)
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+        """Token ids to the first hidden state."""
+
+    @abstractmethod
+    def context(
+        self,
+        hidden: torch.Tensor,
+        state: ShardState,
+        first_block: int,
+        attention_mask: torch.Tensor | None,
+    ) -> StageContext:
+        """Build positions, masks and rotary embeddings for this shard's blocks."""
+
+    @abstractmethod
+    def block(self, index: int, hidden: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+        """Run block ``index``."""
+
+    @abstractmethod
+    def head(self, hidden: torch.Tensor, ctx: StageContext, logits_to_keep: int) -> HeadOutput:
+        """Final norm and LM head (decoders) or pooler (encoders)."""
+
+    @abstractmethod
+    def reference(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Any | None,
+        logits_to_keep: int,
+    ) -> HeadOutput:
+        """The unsplit model through the library's own forward, to check shards against."""

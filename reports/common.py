@@ -1,0 +1,80 @@
+"""Pieces every coinfer document shares: the model's identity and the measuring context."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import coinfer
+
+
+class Schema(BaseModel):
+    """Base of all schema objects: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelIdentity(Schema):
+    """Which model a document is about; two documents join only when these agree."""
+
+    name: str = Field(description="the --model spec as given, e.g. 'gpt2' or a folder path")
+    family: Literal["gpt2", "llama", "bert"]
+    model_type: str = Field(description="config.json's model_type, e.g. 'qwen2'")
+    config_sha256: str = Field(description="sha256 of the canonical architecture config")
+    weights: Literal["real", "random"]
+    weights_seed: int | None = Field(default=None, description="seed of random weights")
+    num_blocks: int
+    hidden_size: int
+    vocab_size: int
+    num_parameters: int
+    is_decoder: bool
+
+    def same_architecture(self, other: ModelIdentity) -> bool:
+        """True when both describe the same architecture (weights may differ)."""
+        return self.config_sha256 == other.config_sha256 and self.family == other.family
+
+
+class MachineInfo(Schema):
+    """Where a measurement was taken."""
+
+    hostname: str
+    os: str
+    cpu: str
+    cpu_count_logical: int | None
+    accelerator: str | None = Field(default=None, description="GPU name when measured on one")
+    python: str
+    torch_version: str | None = None
+    transformers_version: str | None = None
+
+    @classmethod
+    def here(cls, accelerator: str | None = None) -> MachineInfo:
+        """Describe this machine (reads no torch; versions are filled by the caller)."""
+        return cls(
+            hostname=socket.gethostname(),
+            os=f"{platform.system()} {platform.release()}",
+            cpu=cpu_name(),
+            cpu_count_logical=os.cpu_count(),
+            accelerator=accelerator,
+            python=platform.python_version(),
+        )
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's best guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def coinfer_version() -> str:
+    """The running coinfer's version string."""
+    return coinfer.__version__

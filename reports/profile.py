@@ -1,0 +1,125 @@
+"""The profile: what each stage of a model costs on one machine (written by `coinfer profile`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from coinfer.reports.common import MachineInfo, ModelIdentity, Schema, coinfer_version
+
+WireDtype = Literal["fp32", "fp16", "int8"]
+WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
+EnergySource = Literal["rapl", "nvml", "estimate", "none"]
+
+
+class Timing(Schema):
+    """A timed quantity: median and interquartile range over the timed repeats."""
+
+    median_ms: float = Field(ge=0)
+    iqr_ms: float = Field(ge=0)
+    repeats: int = Field(ge=1)
+
+    @property
+    def noisy(self) -> bool:
+        """True when the spread (IQR over median) exceeds 10%."""
+        return self.median_ms > 0 and self.iqr_ms / self.median_ms > 0.10
+
+
+class PayloadBytes(Schema):
+    """Bytes that cross a cut, for the prefill and for each decoded token."""
+
+    prefill_bytes: int = Field(ge=0)
+    per_token_bytes: int = Field(ge=0)
+
+
+class DecodeCost(Schema):
+    """Cost of one decode step (one new token) with ``context_tokens`` already cached."""
+
+    context_tokens: int = Field(ge=0)
+    timing: Timing
+    flops: float = Field(ge=0)
+    energy_j: float | None = Field(default=None, ge=0)
+
+
+class StageProfile(Schema):
+    """One stage: ``embed``, ``block.<i>`` or ``head``; names join profiles, prune reports, plans."""
+
+    name: str
+    stage_kind: Literal["embed", "block", "head"]
+    prefill: Timing
+    prefill_flops: float = Field(ge=0)
+    prefill_energy_j: float | None = Field(default=None, ge=0)
+    decode: list[DecodeCost] = Field(default_factory=list)
+    param_bytes: int = Field(ge=0)
+    kv_cache_bytes_per_token: int = Field(ge=0, description="per token of context, whole batch")
+    peak_memory_bytes: int | None = Field(default=None, ge=0)
+    achieved_flops_fraction: float | None = Field(
+        default=None, ge=0, description="prefill FLOP/s over the measured GEMM peak"
+    )
+    payload_after: dict[WireDtype, PayloadBytes] = Field(
+        description="what crosses a cut placed right after this stage, per wire dtype"
+    )
+    noisy: bool = False
+
+
+class MeasureContext(Schema):
+    """How the measurement was taken (pyperf-style: enough to judge and reproduce it)."""
+
+    machine: MachineInfo
+    device: Literal["cpu", "cuda"]
+    dtype: Literal["fp32", "fp16", "bf16"]
+    threads: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    seq_len: int = Field(ge=1)
+    decode_context_tokens: list[int] = Field(default_factory=list)
+    repeats: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    energy_source: EnergySource
+    power_w: float | None = Field(default=None, ge=0, description="power model used for estimates")
+
+
+class WholeModel(Schema):
+    """The unsplit model timed in the same pass, to check the stages add up."""
+
+    prefill: Timing
+    decode: list[DecodeCost] = Field(default_factory=list)
+    prefill_coverage: float = Field(description="sum of stage medians over the whole model's median")
+    decode_coverage: list[float] = Field(default_factory=list)
+
+
+class EmissionsSummary(Schema):
+    """codecarbon's whole-run summary; an estimate unless it read hardware counters."""
+
+    energy_kwh: float = Field(ge=0)
+    emissions_kg_co2eq: float = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    tool: str = "codecarbon"
+
+
+class Profile(Schema):
+    """A versioned profile of one model on one machine."""
+
+    kind: Literal["profile"] = "profile"
+    schema_version: Literal[1] = 1
+    coinfer_version: str = Field(default_factory=coinfer_version)
+    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    model: ModelIdentity
+    context: MeasureContext
+    stages: list[StageProfile]
+    whole_model: WholeModel | None = None
+    input_payload: PayloadBytes = Field(description="token ids sent when everything runs on the server")
+    result_payload: PayloadBytes = Field(description="what the server sends back: token ids or embeddings")
+    gemm_peak_flops_per_s: float | None = Field(default=None, ge=0)
+    emissions: EmissionsSummary | None = None
+    derived_from: str | None = Field(default=None, description="set when derived, not measured")
+    notes: list[str] = Field(default_factory=list, description="unsupported ops, noisy stages, caveats")
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> Profile:
+        names = [s.name for s in self.stages]
+        expected = ["embed", *[f"block.{i}" for i in range(self.model.num_blocks)], "head"]
+        if names != expected:
+            raise ValueError(f"stages must be {expected[0]}, block.0..block.{self.model.num_blocks - 1}, head")
+        return self

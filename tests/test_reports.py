@@ -1,0 +1,117 @@
+"""Schemas: round trips, wrong kinds, unknown versions, malformed JSON, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from coinfer.errors import SchemaError, UserInputError
+from coinfer.reports import Plan, Profile, PruneReport, load_document, write_json
+from coinfer.reports.common import MachineInfo, ModelIdentity
+from coinfer.reports.io import atomic_write_bytes, check_writable
+from coinfer.reports.profile import MeasureContext, PayloadBytes, StageProfile, Timing
+
+
+def identity(blocks=2):
+    return ModelIdentity(
+        name="tiny", family="gpt2", model_type="gpt2", config_sha256="ab" * 32, weights="random",
+        weights_seed=0, num_blocks=blocks, hidden_size=8, vocab_size=10, num_parameters=100, is_decoder=True,
+    )
+
+
+def stage(name, kind):
+    pay = {d: PayloadBytes(prefill_bytes=10, per_token_bytes=1) for d in ("fp32", "fp16", "int8")}
+    return StageProfile(
+        name=name, stage_kind=kind, prefill=Timing(median_ms=1.0, iqr_ms=0.05, repeats=5), prefill_flops=1e6,
+        param_bytes=100, kv_cache_bytes_per_token=0, payload_after=pay,
+    )
+
+
+def profile():
+    ctx = MeasureContext(
+        machine=MachineInfo.here(), device="cpu", dtype="fp32", threads=2, batch=1, seq_len=8,
+        repeats=5, warmup=1, energy_source="estimate", power_w=15.0,
+    )
+    stages = [stage("embed", "embed"), stage("block.0", "block"), stage("block.1", "block"), stage("head", "head")]
+    return Profile(
+        model=identity(), context=ctx, stages=stages,
+        input_payload=PayloadBytes(prefill_bytes=64, per_token_bytes=8),
+        result_payload=PayloadBytes(prefill_bytes=8, per_token_bytes=8),
+    )
+
+
+def test_profile_round_trip(tmp_path):
+    p = profile()
+    write_json(p, tmp_path / "p.json")
+    back = load_document(tmp_path / "p.json", Profile)
+    assert back == p
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "profile"
+
+
+def test_stage_order_is_validated():
+    p = profile().model_dump()
+    p["stages"] = p["stages"][::-1]
+    with pytest.raises(ValueError, match="stages must be"):
+        Profile.model_validate(p)
+
+
+def test_noisy_flag():
+    assert Timing(median_ms=1.0, iqr_ms=0.2, repeats=3).noisy
+    assert not Timing(median_ms=1.0, iqr_ms=0.05, repeats=3).noisy
+
+
+def test_wrong_kind_is_clear(tmp_path):
+    write_json(profile(), tmp_path / "p.json")
+    with pytest.raises(SchemaError, match="expected a 'plan' file, found a 'profile' file"):
+        load_document(tmp_path / "p.json", Plan)
+    with pytest.raises(SchemaError, match="expected a 'prune_report' file"):
+        load_document(tmp_path / "p.json", PruneReport)
+
+
+def test_unknown_version_is_clear(tmp_path):
+    d = profile().model_dump(mode="json")
+    d["schema_version"] = 99
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(SchemaError, match="version 99 is not supported"):
+        load_document(tmp_path / "p.json", Profile)
+
+
+def test_malformed_json_and_invalid_body(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SchemaError, match="malformed JSON at line 1"):
+        load_document(tmp_path / "bad.json", Profile)
+    d = profile().model_dump(mode="json")
+    d["stages"][0]["prefill"]["median_ms"] = -1
+    (tmp_path / "neg.json").write_text(json.dumps(d))
+    with pytest.raises(SchemaError, match=r"stages.0.prefill.median_ms"):
+        load_document(tmp_path / "neg.json", Profile)
+    d = profile().model_dump(mode="json")
+    d["surprise"] = 1
+    (tmp_path / "extra.json").write_text(json.dumps(d))
+    with pytest.raises(SchemaError, match="surprise"):
+        load_document(tmp_path / "extra.json", Profile)
+    with pytest.raises(UserInputError, match="no such file"):
+        load_document(tmp_path / "missing.json", Profile)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_unwritable_destinations(tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        check_writable(tmp_path / "no" / "x.json")
+    with pytest.raises(UserInputError, match="is a folder"):
+        check_writable(tmp_path)
