@@ -53,8 +53,14 @@ class EnergyBreakdown(Schema):
 class Candidate(Schema):
     """One evaluated configuration."""
 
-    cut: int = Field(ge=0, description="device blocks: 0 = all on server, L = all blocks on device")
-    cut_name: str = Field(description="'server-only', 'device-only' or the last device stage")
+    cut: int = Field(
+        ge=0,
+        description=(
+            "stages on the device: 0 = all on server (token ids cross), 1 = embed only, "
+            "k+1 = embed + blocks 1..k (split(model, k)), L+2 = all on device (head included)"
+        ),
+    )
+    cut_name: str = Field(description="'server-only' or the last device stage: 'embed', 'block.i', 'head'")
     ratio: float = Field(default=0.0, ge=0, lt=1)
     freq_scale: float = Field(default=1.0, gt=0)
     tx_power_w: float | None = None
@@ -74,7 +80,7 @@ class RatePoint(Schema):
 
     rate_from_bps: float
     rate_to_bps: float
-    cut: int
+    cut: int = Field(ge=0, description="stages on the device, as in Candidate.cut")
     cut_name: str
     ratio: float = 0.0
 

@@ -59,6 +59,7 @@ class FamilyAdapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     is_decoder: ClassVar[bool]
+    mlp_gated: ClassVar[bool]
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

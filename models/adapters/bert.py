@@ -15,6 +15,7 @@ class BertAdapter(FamilyAdapter):
 
     family = "bert"
     model_types = ("bert",)
+    mlp_gated = False  # gated MLPs have three matrices (gate, up, down), plain ones two
     is_decoder = False
 
     @property

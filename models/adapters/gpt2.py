@@ -15,6 +15,7 @@ class GPT2Adapter(FamilyAdapter):
 
     family = "gpt2"
     model_types = ("gpt2",)
+    mlp_gated = False  # gated MLPs have three matrices (gate, up, down), plain ones two
     is_decoder = True
 
     @property

@@ -15,6 +15,7 @@ class LlamaAdapter(FamilyAdapter):
 
     family = "llama"
     model_types = ("llama", "mistral", "qwen2")
+    mlp_gated = True  # gated MLPs have three matrices (gate, up, down), plain ones two
     is_decoder = True
 
     @property

@@ -1,0 +1,1 @@
+"""coinfer.runner: execute a split for real across processes or machines."""
