@@ -1,0 +1,161 @@
+"""Synthetic profiles and pruning reports for tests, benchmarks and demos without a measurement.
+
+The numbers are made up (or random with a seed); a profile made here says so in ``notes`` and
+``derived_from``. Nothing here is used when planning from real files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from coinfer.models.payload import activation_bytes, token_ids_bytes
+from coinfer.reports.common import MachineInfo, ModelIdentity
+from coinfer.reports.profile import DecodeCost, MeasureContext, PayloadBytes, Profile, StageProfile, Timing
+from coinfer.reports.prune import (
+    BlockPruning,
+    CalibrationInfo,
+    Distortion,
+    PruneReport,
+    RatioResult,
+    Speedup,
+)
+
+_MACHINE = MachineInfo(hostname="synthetic", os="none", cpu="none", cpu_count_logical=1, python="3")
+
+
+def identity(num_blocks: int, hidden: int = 64, is_decoder: bool = True, config: str = "ab") -> ModelIdentity:
+    """A made-up model identity (``config`` seeds the config hash: different = other model)."""
+    return ModelIdentity(
+        name=f"synthetic-{num_blocks}", family="llama" if is_decoder else "bert", model_type="llama",
+        config_sha256=(config * 64)[:64], weights="random", weights_seed=0, num_blocks=num_blocks,
+        hidden_size=hidden, vocab_size=1000, num_parameters=1000 * num_blocks, is_decoder=is_decoder,
+    )
+
+
+def synthetic_profile(
+    num_blocks: int,
+    *,
+    stage_ms: Sequence[float] | None = None,
+    decode_ms: Sequence[Sequence[float]] | None = None,
+    decode_contexts: Sequence[int] = (16, 64),
+    energy_j_per_ms: float | None = 0.01,
+    param_bytes: Sequence[int] | None = None,
+    kv_bytes_per_token: int = 512,
+    hidden: int = 64,
+    seq_len: int = 32,
+    batch: int = 1,
+    is_decoder: bool = True,
+    config: str = "ab",
+    seed: int | None = None,
+) -> Profile:
+    """A profile with the given (or random, with ``seed``) per-stage costs.
+
+    Args:
+        num_blocks: L.
+        stage_ms: Prefill median per stage (L+2 values); default 1 ms per block, 0.2 for embed/head.
+        decode_ms: Per stage, the decode median at each of ``decode_contexts``; default 10% of
+            prefill, growing 20% over the contexts.
+        decode_contexts: The measured decode contexts.
+        energy_j_per_ms: Energy per ms of compute (None = no energy figures).
+        param_bytes: Weight bytes per stage.
+        kv_bytes_per_token: KV bytes per token of each block.
+        hidden: Hidden size (sets payloads, 4 bytes per fp32 element).
+        seq_len: Prompt tokens profiled.
+        batch: Batch.
+        is_decoder: Decoders have decode timings and per-token payloads.
+        config: Seeds the config hash.
+        seed: When given, costs are random (uniform) instead of the defaults above.
+    """
+    n = num_blocks + 2
+    rng = np.random.default_rng(seed) if seed is not None else None
+    if stage_ms is None:
+        stage_ms = (rng.uniform(0.1, 5.0, n) if rng is not None else [0.2, *([1.0] * num_blocks), 0.2])
+    if param_bytes is None:
+        param_bytes = (rng.integers(1, 10**6, n) if rng is not None else [4000, *([10**5] * num_blocks), 4000])
+    names = ["embed", *[f"block.{i}" for i in range(num_blocks)], "head"]
+    kinds = ["embed", *(["block"] * num_blocks), "head"]
+    stages = []
+    for i, name in enumerate(names):
+        ms = float(stage_ms[i])
+        dec = []
+        if is_decoder:
+            if decode_ms is not None:
+                vals = [float(v) for v in decode_ms[i]]
+            elif rng is not None:
+                vals = sorted(rng.uniform(0.01, 1.0, len(decode_contexts)).tolist())
+            else:
+                vals = [0.1 * ms * (1 + 0.2 * j / max(1, len(decode_contexts) - 1)) for j in range(len(decode_contexts))]
+            dec = [DecodeCost(context_tokens=c, timing=Timing(median_ms=v, iqr_ms=0.0, repeats=3), flops=1.0,
+                              energy_j=None if energy_j_per_ms is None else v * energy_j_per_ms)
+                   for c, v in zip(decode_contexts, vals, strict=True)]
+        is_last = i == n - 1
+        pay = {
+            d: PayloadBytes(
+                prefill_bytes=0 if is_last else activation_bytes(batch, seq_len, hidden, d),
+                per_token_bytes=0 if (is_last or not is_decoder) else activation_bytes(batch, 1, hidden, d),
+            )
+            for d in ("fp32", "fp16", "int8")
+        }
+        stages.append(StageProfile(
+            name=name, stage_kind=kinds[i], prefill=Timing(median_ms=ms, iqr_ms=0.0, repeats=3), prefill_flops=1.0,
+            prefill_energy_j=None if energy_j_per_ms is None else ms * energy_j_per_ms, decode=dec,
+            param_bytes=int(param_bytes[i]), kv_cache_bytes_per_token=kv_bytes_per_token if kinds[i] == "block" else 0,
+            payload_after=pay,
+        ))
+    ctx = MeasureContext(
+        machine=_MACHINE, device="cpu", dtype="fp32", threads=1, batch=batch, seq_len=seq_len,
+        decode_context_tokens=list(decode_contexts) if is_decoder else [], repeats=3, warmup=0,
+        energy_source="estimate" if energy_j_per_ms is not None else "none",
+    )
+    result = (PayloadBytes(prefill_bytes=token_ids_bytes(batch, 1), per_token_bytes=token_ids_bytes(batch, 1))
+              if is_decoder else PayloadBytes(prefill_bytes=batch * hidden * 4, per_token_bytes=0))
+    return Profile(
+        model=identity(num_blocks, hidden, is_decoder, config), context=ctx, stages=stages,
+        input_payload=PayloadBytes(prefill_bytes=token_ids_bytes(batch, seq_len),
+                                   per_token_bytes=token_ids_bytes(batch, 1)),
+        result_payload=result, derived_from="synthetic", notes=["synthetic profile: made-up numbers"],
+    )
+
+
+def _speedup(s: float, r: float, stages: list[str]) -> Speedup:
+    # Fill what this version of the schema asks for (the pruner's schema grows optional details).
+    values = dict(prefill_measured=s, decode_measured=s, prefill_flops_ratio=1 / (1 - r), realised_over_ideal=s * (1 - r),
+                  original_prefill_ms=1.0, pruned_prefill_ms=1.0 / s, measured_stages=stages or ["embed"],
+                  prefill_tokens=32, repeats=3, max_cv=0.0)
+    return Speedup(**{k: v for k, v in values.items() if k in Speedup.model_fields})
+
+
+def synthetic_prune_report(
+    num_blocks: int,
+    ratios: Sequence[float] = (0.2, 0.4),
+    speedups: Sequence[float] | None = None,
+    distortions: Sequence[float] | None = None,
+    scope: str = "all",
+    split: int | None = None,
+    config: str = "ab",
+    hidden: int = 64,
+    is_decoder: bool = True,
+) -> PruneReport:
+    """A pruning report with, per ratio, a speed-up (default 1 + ratio) and distortion (ratio^2)."""
+    speedups = speedups or [1.0 + r for r in ratios]
+    distortions = distortions or [r * r for r in ratios]
+    pruned = range(num_blocks) if scope == "all" else range(split or 0)
+    results = []
+    for r, s, d in zip(ratios, speedups, distortions, strict=True):
+        blocks = [BlockPruning(name=f"block.{i}", params_before=1000, params_after=int(1000 * (1 - r)),
+                               heads_before=4, heads_after=4, mlp_channels_before=8, mlp_channels_after=8,
+                               prefill_flops_before=1.0, prefill_flops_after=1.0 - r, param_distortion=d)
+                  for i in pruned]
+        results.append(RatioResult(
+            requested_ratio=r, achieved_param_ratio=r, pruned_anything=True, blocks=blocks, params_before=1000,
+            params_after=int(1000 * (1 - r)), prefill_flops_before=1.0, prefill_flops_after=1.0 - r,
+            speedup=_speedup(s, r, [f"block.{i}" for i in pruned]),
+            distortion=Distortion(output_rel_mse=d, param_distortion=d),
+        ))
+    return PruneReport(
+        model=identity(num_blocks, hidden, is_decoder, config), machine=_MACHINE, threads=1, importance="magnitude",
+        scope=scope, split=split,
+        calibration=CalibrationInfo(source="builtin", sha256="0" * 64, num_sequences=1, tokens=1), results=results,
+    )
