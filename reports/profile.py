@@ -54,7 +54,9 @@ class StageProfile(Schema):
     decode: list[DecodeCost] = Field(default_factory=list)
     param_bytes: int = Field(ge=0)
     kv_cache_bytes_per_token: int = Field(ge=0, description="per token of context, whole batch")
-    peak_memory_bytes: int | None = Field(default=None, ge=0)
+    peak_memory_bytes: int | None = Field(
+        default=None, ge=0, description="prefill memory peak above what was allocated when the stage began (weights excluded)"
+    )
     achieved_flops_fraction: float | None = Field(
         default=None, ge=0, description="prefill FLOP/s over the measured GEMM peak"
     )
@@ -74,10 +76,19 @@ class MeasureContext(Schema):
     batch: int = Field(ge=1)
     seq_len: int = Field(ge=1)
     decode_context_tokens: list[int] = Field(default_factory=list)
-    repeats: int = Field(ge=1)
+    repeats: int = Field(ge=1, description="minimum timed repeats; each Timing records its own count")
     warmup: int = Field(ge=0)
     energy_source: EnergySource
     power_w: float | None = Field(default=None, ge=0, description="power model used for estimates")
+    logits_to_keep: int | None = Field(
+        default=None, ge=0, description="decoders: positions the timed head computed logits for (0 = all)"
+    )
+    context_charged_to: str | None = Field(
+        default=None, description="stage charged with building positions, masks and rotary embeddings"
+    )
+    min_time_s: float | None = Field(
+        default=None, ge=0, description="repeats grew past `repeats` until timed passes summed to this"
+    )
 
 
 class WholeModel(Schema):
@@ -87,6 +98,12 @@ class WholeModel(Schema):
     decode: list[DecodeCost] = Field(default_factory=list)
     prefill_coverage: float = Field(description="sum of stage medians over the whole model's median")
     decode_coverage: list[float] = Field(default_factory=list)
+    prefill_pass_coverage: float | None = Field(
+        default=None,
+        description="median of the staged passes' totals over the whole model's median: the same check, "
+        "insensitive to which stage a noise spike lands in",
+    )
+    decode_pass_coverage: list[float] = Field(default_factory=list)
 
 
 class EmissionsSummary(Schema):
@@ -96,6 +113,7 @@ class EmissionsSummary(Schema):
     emissions_kg_co2eq: float = Field(ge=0)
     duration_s: float = Field(ge=0)
     tool: str = "codecarbon"
+    country_iso_code: str | None = Field(default=None, description="grid whose carbon intensity was used")
 
 
 class Profile(Schema):
@@ -115,6 +133,10 @@ class Profile(Schema):
     emissions: EmissionsSummary | None = None
     derived_from: str | None = Field(default=None, description="set when derived, not measured")
     notes: list[str] = Field(default_factory=list, description="unsupported ops, noisy stages, caveats")
+    peak_memory_bytes: int | None = Field(default=None, ge=0, description="peak memory of the whole run")
+    peak_memory_source: Literal["ru_maxrss", "cuda_max_allocated"] | None = Field(
+        default=None, description="ru_maxrss: the process's resident peak; cuda_max_allocated: torch's allocator"
+    )
 
     @model_validator(mode="after")
     def _stage_order(self) -> Profile:
