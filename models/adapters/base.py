@@ -177,3 +177,58 @@ class FamilyAdapter(ABC):
         logits_to_keep: int,
     ) -> HeadOutput:
         """The unsplit model through the library's own forward, to check shards against."""
+
+    # -- structured pruning (additive; used by coinfer.pruner and shard export) -------------
+    #: How the attention projections are laid out in a state dict: ``native`` is the library's
+    #: own layout; GPT-2 after :meth:`prepare_for_pruning` is ``split_qkv_linear``.
+    def module_layout(self) -> str:
+        """Name of the module layout the model currently has (recorded in exported shards)."""
+        return "native"
+
+    def prepare_for_pruning(self) -> None:
+        """Make the model prunable by torch-pruning, in place; idempotent.
+
+        The default does nothing: separate ``nn.Linear`` q/k/v/out projections already are.
+        """
+        return None
+
+    def apply_layout(self, layout: str) -> None:
+        """Bring a freshly built model to ``layout`` (used when rebuilding an exported shard).
+
+        Raises:
+            UnsupportedModelError: The family does not know that layout.
+        """
+        from coinfer.errors import UnsupportedModelError
+
+        if layout != self.module_layout():
+            raise UnsupportedModelError(f"{self.family}: unknown module layout {layout!r}")
+
+    @abstractmethod
+    def attention_linears(self, block: int) -> dict[str, nn.Module]:
+        """The block's attention projections: keys ``q``, ``k``, ``v`` and ``o``.
+
+        Only meaningful after :meth:`prepare_for_pruning` for families with fused projections.
+        """
+
+    @abstractmethod
+    def mlp_linears(self, block: int) -> dict[str, nn.Module]:
+        """The block's MLP projections: ``in`` (and ``gate`` for gated MLPs) and ``out``."""
+
+    @abstractmethod
+    def sync_pruned_attributes(self) -> None:
+        """Re-derive head counts and sizes stored as attributes from the (pruned) weight shapes.
+
+        sdpa hides stale values, eager attention crashes on them, so this runs after every prune
+        and after rebuilding a pruned model from saved shapes.
+        """
+
+    def head_groups(self, block: int) -> dict[nn.Module, int]:
+        """Heads per projection for torch-pruning's ``num_heads`` (q: query heads, k/v: kv heads)."""
+        q_heads, kv_heads = self.attention_heads(block)
+        lin = self.attention_linears(block)
+        return {lin["q"]: q_heads, lin["k"]: kv_heads, lin["v"]: kv_heads}
+
+    def block_shape(self, block: int) -> dict[str, int]:
+        """The shape facts that rebuild a (pruned) block: query heads, kv heads, MLP width."""
+        q_heads, kv_heads = self.attention_heads(block)
+        return {"q_heads": q_heads, "kv_heads": kv_heads, "mlp_channels": self.mlp_channels(block)}

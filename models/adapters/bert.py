@@ -69,3 +69,20 @@ class BertAdapter(FamilyAdapter):
     ) -> HeadOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         return HeadOutput(last_hidden_state=out.last_hidden_state, pooled=out.pooler_output)
+
+    # -- structured pruning ------------------------------------------------------------------
+    def attention_linears(self, block: int) -> dict[str, nn.Module]:
+        layer = self.blocks()[block].attention
+        s = layer.self
+        return {"q": s.query, "k": s.key, "v": s.value, "o": layer.output.dense}
+
+    def mlp_linears(self, block: int) -> dict[str, nn.Module]:
+        layer = self.blocks()[block]
+        return {"in": layer.intermediate.dense, "out": layer.output.dense}
+
+    def sync_pruned_attributes(self) -> None:
+        for i in range(self.num_blocks):
+            s = self.blocks()[i].attention.self
+            heads, _ = self.attention_heads(i)
+            s.num_attention_heads = heads
+            s.all_head_size = heads * s.attention_head_size

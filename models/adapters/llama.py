@@ -103,3 +103,22 @@ class LlamaAdapter(FamilyAdapter):
         hidden = out.last_hidden_state
         kept = hidden[:, -logits_to_keep:, :] if logits_to_keep else hidden
         return HeadOutput(last_hidden_state=hidden, logits=self.model.lm_head(kept))
+
+    # -- structured pruning ------------------------------------------------------------------
+    def attention_linears(self, block: int) -> dict[str, nn.Module]:
+        a = self.blocks()[block].self_attn
+        return {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "o": a.o_proj}
+
+    def mlp_linears(self, block: int) -> dict[str, nn.Module]:
+        m = self.blocks()[block].mlp
+        return {"gate": m.gate_proj, "in": m.up_proj, "out": m.down_proj}
+
+    def sync_pruned_attributes(self) -> None:
+        for i in range(self.num_blocks):
+            attn = self.blocks()[i].self_attn
+            q_heads, kv_heads = self.attention_heads(i)
+            # repeat_kv expands each kv head to this many query heads; stale values break eager.
+            attn.num_key_value_groups = q_heads // kv_heads
+            mlp = self.blocks()[i].mlp
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = int(mlp.gate_proj.out_features)

@@ -1,0 +1,287 @@
+"""Export split shards (pruned or not) as safetensors + JSON config and ONNX; load them verified.
+
+No pickles: weights are safetensors (or ONNX external data), structure is a JSON
+:class:`~coinfer.reports.prune.ShardConfig` holding the pruned shape of every block. Loading
+checks the sha256 of the config first, then of the weights the config names, and refuses any
+mismatch with :class:`~coinfer.errors.IntegrityError` before a byte is deserialised.
+
+Public API (for ``coinfer run``)::
+
+    from coinfer.models.shard_io import load_shard, load_onnx_shard
+    shard = load_shard(dir / "device.json", sha256=report_sha)   # -> coinfer.models.shards.Shard
+    sess = load_onnx_shard(dir / "device.onnx", sha256=..., data_sha256=...)  # onnxruntime session
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from coinfer.errors import IntegrityError, SchemaError, UserInputError
+from coinfer.reports.io import atomic_write_bytes, file_sha256, to_json
+from coinfer.reports.prune import ShardBlockShape, ShardConfig
+
+_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _verify(path: Path, sha256: str) -> bytes:
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
+    data = path.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise IntegrityError(f"{path}: sha256 {got[:16]}... does not match the expected {sha256[:16]}...; refusing to load")
+    return data
+
+
+# -- export ---------------------------------------------------------------------------------
+def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, requested_ratio: float, scope: str) -> dict[str, Path]:
+    """Write ``<role>.safetensors`` and ``<role>.json`` for a shard into ``folder``.
+
+    Args:
+        shard: A :class:`~coinfer.models.shards.Shard`.
+        folder: Existing destination folder (the caller exports into a temporary folder).
+        role: ``device`` or ``server``.
+        identity: The original model's :class:`~coinfer.reports.common.ModelIdentity`.
+        requested_ratio: The pruning ratio the shard was made with (0 for unpruned).
+        scope: ``all`` or ``device``.
+
+    Returns:
+        ``{"safetensors": path, "json": path}``.
+    """
+    import torch
+    from safetensors.torch import save
+
+    ad = shard.adapter
+    tensors = {k: v.detach().contiguous().clone() for k, v in shard.hf_state_dict().items()}
+    blob = save(tensors, metadata={"format": "pt", "coinfer_role": role})
+    wpath = atomic_write_bytes(folder / f"{role}.safetensors", blob)
+    dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
+    cfg = ShardConfig(
+        role=role,  # type: ignore[arg-type]
+        model=identity,
+        hf_config=ad.config.to_dict(),
+        module_layout=ad.module_layout(),
+        start=shard.start,
+        end=shard.end,
+        logits_to_keep=shard.logits_to_keep,
+        stages=shard.stage_names(),
+        blocks={str(i): ShardBlockShape(**ad.block_shape(i)) for i in shard.block_indices},
+        requested_ratio=requested_ratio,
+        scope=scope,  # type: ignore[arg-type]
+        dtype=_DTYPES.get(str(dtype).removeprefix("torch."), str(dtype)),
+        weights_file=wpath.name,
+        weights_sha256=hashlib.sha256(blob).hexdigest(),
+        weights_size_bytes=len(blob),
+        tensor_shapes={k: list(v.shape) for k, v in tensors.items()},
+    )
+    jpath = atomic_write_bytes(folder / f"{role}.json", to_json(cfg).encode())
+    return {"safetensors": wpath, "json": jpath}
+
+
+class _OnnxWrapper:
+    """Builds a plain ``nn.Module`` around a shard whose outputs are tensors only."""
+
+    @staticmethod
+    def make(shard: Any) -> Any:
+        from torch import nn
+
+        from coinfer.models.adapters.base import HeadOutput, ShardState
+
+        class Wrapped(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.shard = shard
+
+            def forward(self, x):  # noqa: ANN001
+                # Stateless prefill: no KV cache inside the graph.
+                out = self.shard(x, ShardState(cache=None))
+                if isinstance(out, HeadOutput):
+                    extra = out.logits if out.logits is not None else out.pooled
+                    return (out.last_hidden_state, extra) if extra is not None else out.last_hidden_state
+                return out
+
+        return Wrapped().eval()
+
+
+def onnx_io_names(shard: Any) -> tuple[str, list[str]]:
+    """(input name, output names) of an exported shard."""
+    inp = "input_ids" if shard.has_embed else "hidden_in"
+    if not shard.has_head:
+        return inp, ["hidden_out"]
+    ad = shard.adapter
+    if ad.is_decoder:
+        return inp, ["last_hidden_state", "logits"]
+    return inp, ["last_hidden_state", "pooled"] if ad.head_modules() else ["last_hidden_state"]
+
+
+def example_input(shard: Any, seq_len: int, batch: int = 1) -> Any:
+    """A deterministic example input for a shard: token ids or a hidden state."""
+    import torch
+
+    g = torch.Generator().manual_seed(seq_len)
+    ad = shard.adapter
+    if shard.has_embed:
+        return torch.randint(0, ad.vocab_size, (batch, seq_len), generator=g)
+    return torch.randn(batch, seq_len, ad.hidden_size, generator=g)
+
+
+def export_onnx(shard: Any, folder: Path, role: str, *, seq_len: int = 16) -> dict[str, Path]:
+    """Export a shard's stateless prefill to ``<role>.onnx`` with weights in ``<role>.onnx.data``.
+
+    Sequence length is dynamic; batch is 1. Uses the dynamo exporter (the legacy one fails on
+    the transformers mask). The two files are written into ``folder`` by the exporter; callers
+    export into a temporary folder and rename it into place.
+    """
+    import logging
+    import warnings
+
+    import torch
+
+    # The exporter logs a line per missing torchvision op and warns about internals: noise here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    wrapped = _OnnxWrapper.make(shard)
+    inp, outs = onnx_io_names(shard)
+    x = example_input(shard, seq_len)
+    limit = getattr(shard.adapter.config, "max_position_embeddings", None) or getattr(shard.adapter.config, "n_positions", 4096)
+    seq = torch.export.Dim("seq", min=2, max=int(limit))
+    path = folder / f"{role}.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            wrapped,
+            (x,),
+            dynamo=True,
+            input_names=[inp],
+            output_names=outs,
+            dynamic_shapes=({1: seq},),
+            external_data=True,
+            optimize=True,
+            verbose=False,
+        )
+        prog.save(str(path), external_data=True)
+    data = folder / f"{role}.onnx.data"
+    if not data.exists():
+        raise IntegrityError(f"ONNX export of {role} wrote no external data file")
+    return {"onnx": path, "onnx-data": data}
+
+
+# -- loading --------------------------------------------------------------------------------
+def read_shard_config(path: str | os.PathLike[str], sha256: str) -> ShardConfig:
+    """Verify and parse a shard config.
+
+    Raises:
+        IntegrityError: The file's sha256 is not ``sha256``.
+        SchemaError: Not a shard config of a known version.
+    """
+    p = Path(path)
+    data = _verify(p, sha256)
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError(f"{p}: not a JSON shard config ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("kind") != "shard_config" or obj.get("schema_version") != 1:
+        raise SchemaError(f"{p}: expected a 'shard_config' file of schema version 1")
+    from pydantic import ValidationError
+
+    try:
+        return ShardConfig.model_validate(obj)
+    except ValidationError as exc:
+        raise SchemaError(f"{p}: invalid shard_config: {exc.errors()[0]['msg']}") from None
+
+
+def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation: str = "sdpa") -> Any:
+    """Rebuild an exported shard from its JSON config and safetensors weights, both verified.
+
+    The model is built from its config (random weights), brought to the recorded module layout,
+    every tensor the shard holds is resized to its saved (pruned) shape, head counts are
+    re-derived, then the saved weights are loaded; nothing else of the full model is used.
+
+    Args:
+        path: The shard's ``<role>.json``.
+        sha256: The sha256 the prune report recorded for that JSON file.
+        attn_implementation: ``sdpa`` or ``eager``.
+
+    Returns:
+        A :class:`~coinfer.models.shards.Shard` that runs exactly the exported computation.
+
+    Raises:
+        IntegrityError: The config or the weights do not match their sha256, or the weights do
+            not fit the shard the config describes.
+        SchemaError: The config is not a shard config.
+    """
+    import torch
+    from safetensors.torch import load as st_load
+    from torch import nn
+
+    from coinfer.models.loading import build_from_config
+    from coinfer.models.shards import Shard
+
+    cfg = read_shard_config(path, sha256)
+    wpath = Path(path).parent / cfg.weights_file
+    blob = _verify(wpath, cfg.weights_sha256)
+    tensors = st_load(blob)
+    if {k: list(v.shape) for k, v in tensors.items()} != cfg.tensor_shapes:
+        raise IntegrityError(f"{wpath}: tensors do not match the shapes recorded in {path}")
+    hf = dict(cfg.hf_config)
+    hf["model_type"] = cfg.model.model_type
+    loaded = build_from_config(hf, name=cfg.model.name, attn_implementation=attn_implementation)
+    ad = loaded.adapter
+    ad.apply_layout(cfg.module_layout)
+    model = loaded.model
+    for name, t in tensors.items():
+        owner, attr = name.rsplit(".", 1)
+        mod = model.get_submodule(owner)
+        cur = getattr(mod, attr)
+        if tuple(cur.shape) != tuple(t.shape):
+            setattr(mod, attr, nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=False))
+            if isinstance(mod, nn.Linear):
+                mod.out_features, mod.in_features = mod.weight.shape
+    ad.sync_pruned_attributes()
+    shard = Shard(ad, cfg.start, cfg.end, cfg.logits_to_keep)
+    expected = set(shard.hf_state_dict())
+    if expected != set(tensors):
+        raise IntegrityError(f"{wpath}: tensor names do not match the shard's stages {cfg.stages}")
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected:
+        raise IntegrityError(f"{wpath}: unexpected tensors {unexpected[:3]}")
+    for i, shape in cfg.blocks.items():
+        got = ad.block_shape(int(i))
+        if got != shape.model_dump():
+            raise IntegrityError(f"{path}: block {i} rebuilt as {got}, config says {shape.model_dump()}")
+    model.eval()
+    return shard
+
+
+def load_onnx_shard(path: str | os.PathLike[str], sha256: str, data_sha256: str, *, threads: int | None = None) -> Any:
+    """An onnxruntime session for an exported ONNX shard, after verifying both files' sha256.
+
+    Args:
+        path: ``<role>.onnx``; its external data ``<role>.onnx.data`` must sit beside it.
+        sha256: Expected sha256 of the ``.onnx`` file.
+        data_sha256: Expected sha256 of the ``.onnx.data`` file.
+        threads: Intra-op threads (None: onnxruntime's default).
+
+    Raises:
+        IntegrityError: Either file does not match.
+    """
+    import onnxruntime as ort
+
+    p = Path(path)
+    _verify(p, sha256)
+    data = p.with_name(p.name + ".data")
+    if not data.is_file():
+        raise UserInputError(f"{data}: no such file (the ONNX shard's external weights)")
+    if file_sha256(data) != data_sha256:
+        raise IntegrityError(f"{data}: sha256 does not match the expected {data_sha256[:16]}...; refusing to load")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    # Spinning threads would steal the cores from whatever is timed next.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,351 @@
+"""Measure every requested ratio: what was removed, distortion, speed-up; export shards."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coinfer.models.adapters.base import FamilyAdapter, ShardState
+from coinfer.pruner import metrics
+from coinfer.reports.prune import (
+    BlockPruning,
+    CalibrationInfo,
+    CurvePoint,
+    Distortion,
+    LaplaceFit,
+    PruneReport,
+    RatioResult,
+    ShardFile,
+    Speedup,
+)
+
+ONNX_CHECK_SEQ_LENS = (8, 24)
+ONNX_TOLERANCE = 1e-4
+_RHO_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_BITS_GRID = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def _scope_flops(ad: FamilyAdapter, stages: list[str], tokens: int, context: int) -> float:
+    return sum(metrics.stage_flops(ad, s, tokens, context) for s in stages)
+
+
+def _laplace(ad: FamilyAdapter, blocks: list[int], ratios: list[float]) -> LaplaceFit | None:
+    # Streaming sums: the scope's matrices can be hundreds of MB.
+    n, s_abs, s_sq = 0, 0.0, 0.0
+    for b in blocks:
+        for p in ad.blocks()[b].parameters():
+            if p.dim() >= 2:
+                w = p.detach().double()
+                n += w.numel()
+                s_abs += float(w.abs().sum())
+                s_sq += float(w.pow(2).sum())
+    if n == 0 or s_abs == 0:
+        return None
+    lam = n / s_abs
+    rhos = sorted({*_RHO_GRID, *(r for r in ratios if r > 0)})
+    return LaplaceFit(
+        lam=lam,
+        variance=2.0 / lam**2,
+        empirical_variance=s_sq / n,
+        magnitude_pruning_curve=[CurvePoint(x=r, distortion=metrics.magnitude_pruning_distortion(r)) for r in rhos],
+        shannon_lower_bound=[CurvePoint(x=b, distortion=metrics.shannon_lower_bound(b)) for b in _BITS_GRID],
+    )
+
+
+def _timed_shard(ad: FamilyAdapter, opts: Any) -> Any:
+    from coinfer.models.shards import Shard
+
+    end = ad.num_blocks + 2 if opts.scope == "all" else opts.split + 1
+    return Shard(ad, 0, end, logits_to_keep=1)
+
+
+def _speed(ad0: FamilyAdapter, ad: FamilyAdapter, prompt: torch.Tensor, opts: Any) -> Speedup:
+    s0, s1 = _timed_shard(ad0, opts), _timed_shard(ad, opts)
+    stages = s0.stage_names()
+    T = prompt.shape[1]
+    fns = [lambda s=s: s(prompt, ShardState(cache=None)) for s in (s0, s1)]
+    decode = ad0.is_decoder and len(s0.block_indices) > 0
+    tok = prompt[:, -1:]
+    if decode:
+        states = []
+        for s in (s0, s1):
+            st = s.new_state()
+            s(prompt, st)
+            states.append(st)
+
+        def step(s: Any, st: ShardState) -> None:
+            s(tok, st)
+            st.cache.crop(-1)  # back to the prompt, so every step sees the same context
+            st.past_length -= 1
+
+        fns += [lambda s=s, st=st: step(s, st) for s, st in zip((s0, s1), states, strict=True)]
+    with torch.no_grad():
+        meds, cvs = metrics.interleaved_medians(fns, opts.repeats, warmup=2)
+    f0, f1 = _scope_flops(ad0, stages, T, T), _scope_flops(ad, stages, T, T)
+    ideal = f0 / f1 if f1 > 0 else 1.0
+    measured = meds[0] / meds[1]
+    out = dict(
+        measured_stages=stages,
+        prefill_tokens=T,
+        repeats=opts.repeats,
+        prefill_measured=measured,
+        prefill_flops_ratio=ideal,
+        realised_over_ideal=measured / ideal,
+        original_prefill_ms=meds[0],
+        pruned_prefill_ms=meds[1],
+        max_cv=max(cvs),
+    )
+    if decode:
+        d0, d1 = _scope_flops(ad0, stages, 1, T + 1), _scope_flops(ad, stages, 1, T + 1)
+        dm = meds[2] / meds[3]
+        out.update(
+            decode_measured=dm,
+            decode_flops_ratio=d0 / d1,
+            decode_realised_over_ideal=dm / (d0 / d1),
+            original_decode_ms=meds[2],
+            pruned_decode_ms=meds[3],
+        )
+    return Speedup(**out)
+
+
+def _onnx_diff(shard: Any, sess: Any) -> dict[str, float]:
+    from coinfer.models.shard_io import example_input
+
+    diffs = {}
+    for n in ONNX_CHECK_SEQ_LENS:
+        x = example_input(shard, n)
+        with torch.no_grad():
+            ref = shard(x, ShardState(cache=None))
+        want = ref if isinstance(ref, torch.Tensor) else ref.last_hidden_state
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        diffs[str(n)] = float((torch.from_numpy(got) - want).abs().max())
+    return diffs
+
+
+def _export_ratio(loaded: Any, ad: FamilyAdapter, ratio: float, root: Path, opts: Any) -> tuple[list[ShardFile], dict, list[str]]:
+    from coinfer.models import shard_io
+    from coinfer.models.shards import split
+    from coinfer.reports.io import file_sha256
+
+    sub = f"ratio-{ratio:.3f}"
+    folder = root / sub
+    folder.mkdir()
+    s = split(ad, opts.split)
+    files: list[ShardFile] = []
+    diffs: dict[str, float] = {}
+    notes: list[str] = []
+    for role, shard in (("device", s.device), ("server", s.server)):
+        written = shard_io.export_safetensors(
+            shard, folder, role, loaded.identity, requested_ratio=ratio, scope=opts.scope
+        )
+        if opts.onnx and not shard.is_empty and (shard.has_embed or len(shard.block_indices) or shard.has_head):
+            written.update(shard_io.export_onnx(shard, folder, role))
+            sess = shard_io.load_onnx_shard(
+                written["onnx"], file_sha256(written["onnx"]), file_sha256(written["onnx-data"]), threads=torch.get_num_threads()
+            )
+            for n, d in _onnx_diff(shard, sess).items():
+                diffs[n] = max(diffs.get(n, 0.0), d)
+        for fmt, path in written.items():
+            files.append(
+                ShardFile(role=role, format=fmt, path=f"{sub}/{path.name}", sha256=file_sha256(path), size_bytes=path.stat().st_size)
+            )
+    if diffs and max(diffs.values()) > ONNX_TOLERANCE:
+        notes.append(f"ONNX shard differs from torch by {max(diffs.values()):.3g} (> {ONNX_TOLERANCE:g})")
+    return files, diffs, notes
+
+
+def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
+    """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`."""
+    import transformers
+
+    from coinfer.pruner import importance, tp_adapter
+    from coinfer.pruner.api import _scope_blocks, prune_copy
+    from coinfer.reports.common import MachineInfo
+
+    ad0: FamilyAdapter = loaded.adapter
+    L = ad0.num_blocks
+    blocks = _scope_blocks(L, opts)
+    windows = calib.windows
+    T = int(windows[0].shape[1])
+    notes = list(opts.notes)
+    if calib.tokenizer == "bytes":
+        notes.append("calibration tokens are UTF-8 bytes modulo the vocabulary: the model ships no tokenizer")
+    if ad0.module_layout() != "native" and ad0.family == "gpt2":
+        notes.append("gpt2: fused Conv1D attention converted to separate q/k/v Linear projections before pruning")
+    if opts.importance == "taylor" and not ad0.is_decoder:
+        notes.append("taylor on an encoder: loss is the mean squared norm of the final hidden states (no labels)")
+    if any(ad0.attention_heads(b)[1] < ad0.attention_heads(b)[0] for b in blocks):
+        notes.append("grouped-query attention: key/value heads kept, query heads removed evenly per kv group")
+    if not blocks:
+        notes.append("scope holds no blocks (split 0): nothing can be pruned")
+
+    scores = importance.scores(opts.importance, ad0, blocks, windows) if blocks else {}
+    ref = metrics.run_outputs(ad0, windows)
+    half = len(windows) // 2
+    ppl0 = metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None
+    sq0 = {b: metrics.block_sq_norm(ad0, b) for b in range(L)}
+    p0 = {b: metrics.block_params(ad0, b) for b in range(L)}
+    model_params0 = sum(p.numel() for p in ad0.model.parameters())
+
+    results: list[RatioResult] = []
+    export_tmp: Path | None = None
+    final = Path(opts.export_dir) if opts.export_dir else None
+    if final is not None:
+        parent = final.parent if str(final.parent) else Path(".")
+        export_tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
+    try:
+        for r in opts.ratios:
+            ad, sels = prune_copy(loaded, r, scores, blocks, opts.round_to)
+            rnotes: list[str] = []
+            rows = []
+            removed_sq = 0.0
+            for b in range(L):
+                q0, _ = ad0.attention_heads(b)
+                q1, _ = ad.attention_heads(b)
+                pa = metrics.block_params(ad, b)
+                dw = max(0.0, 1.0 - metrics.block_sq_norm(ad, b) / sq0[b]) if sq0[b] > 0 else 0.0
+                if b in blocks:
+                    removed_sq += dw * sq0[b]
+                rows.append(
+                    BlockPruning(
+                        name=f"block.{b}",
+                        params_before=p0[b],
+                        params_after=pa,
+                        heads_before=q0,
+                        heads_after=q1,
+                        mlp_channels_before=ad0.mlp_channels(b),
+                        mlp_channels_after=ad.mlp_channels(b),
+                        prefill_flops_before=metrics.block_flops(ad0, b, T, T),
+                        prefill_flops_after=metrics.block_flops(ad, b, T, T),
+                        param_distortion=dw,
+                    )
+                )
+            sp0 = sum(p0[b] for b in blocks)
+            sp1 = sum(rows[b].params_after for b in blocks)
+            h0 = sum(rows[b].heads_before for b in blocks)
+            h1 = sum(rows[b].heads_after for b in blocks)
+            c0 = sum(rows[b].mlp_channels_before for b in blocks)
+            c1 = sum(rows[b].mlp_channels_after for b in blocks)
+            pruned = sp1 < sp0
+            head_ratio = 1 - h1 / h0 if h0 else 0.0
+            chan_ratio = 1 - c1 / c0 if c0 else 0.0
+            if not pruned and r > 0:
+                rnotes.append(f"requested ratio {r:g} removed nothing (rounding of {h0 // max(1, len(blocks))} heads / {c0 // max(1, len(blocks))} channels per block)")
+            elif r > 0 and (abs(head_ratio - r) > 1e-9 or abs(chan_ratio - r) > 1e-9):
+                rnotes.append(f"requested {r:g}, applied {head_ratio:.3f} of query heads and {chan_ratio:.3f} of MLP channels (rounding)")
+            if r == 0:
+                rnotes.append("the original model (reference point)")
+
+            out = metrics.run_outputs(ad, windows)
+            dw_total = removed_sq / sum(sq0[b] for b in blocks) if blocks and sum(sq0[b] for b in blocks) > 0 else 0.0
+            dy = metrics.rel_mse(ref.hidden, out.hidden)
+            dist = Distortion(
+                output_rel_mse=dy,
+                param_distortion=dw_total,
+                bound_ratio=dy / dw_total if dw_total > 0 else None,
+                output_rel_mse_heldout=metrics.rel_mse(ref.hidden[half:], out.hidden[half:]) if half else None,
+            )
+            if ad.is_decoder:
+                dist.kl_next_token = metrics.kl_next_token(ref.logprobs, out.logprobs)
+                dist.perplexity_before = ppl0
+                dist.perplexity_after = metrics.perplexity(out.logprobs, windows)
+            else:
+                dist.pooled_cosine = metrics.pooled_cosine(ref.hidden, out.hidden)
+            fit_dy = metrics.rel_mse(ref.hidden[:half], out.hidden[:half]) if half else None
+
+            speed = None
+            if opts.measure_speed and pruned:
+                speed = _speed(ad0, ad, windows[0], opts)
+            elif opts.measure_speed:
+                rnotes.append("speed not measured: nothing was removed (speed-up 1 by construction)")
+            res = RatioResult(
+                requested_ratio=r,
+                achieved_param_ratio=1 - sp1 / sp0 if sp0 else 0.0,
+                achieved_head_ratio=head_ratio,
+                achieved_channel_ratio=chan_ratio,
+                pruned_anything=pruned,
+                blocks=rows,
+                params_before=sp0,
+                params_after=sp1,
+                model_params_before=model_params0,
+                model_params_after=sum(p.numel() for p in ad.model.parameters()),
+                prefill_flops_before=sum(rows[b].prefill_flops_before for b in blocks),
+                prefill_flops_after=sum(rows[b].prefill_flops_after for b in blocks),
+                speedup=speed,
+                distortion=dist,
+                notes=rnotes,
+                fit_output_rel_mse=fit_dy,
+            )
+            if export_tmp is not None:
+                files, diffs, enotes = _export_ratio(loaded, ad, r, export_tmp, opts)
+                res.shards, res.onnx_max_abs_diff = files, diffs
+                res.notes += enotes
+            results.append(res)
+            del ad
+        if export_tmp is not None and final is not None:
+            _finalise(export_tmp, final, opts.force)
+    except BaseException:
+        if export_tmp is not None:
+            shutil.rmtree(export_tmp, ignore_errors=True)
+        raise
+
+    c_all = [x.distortion.output_rel_mse / x.distortion.param_distortion for x in results if x.distortion.param_distortion > 0]
+    c_fit = [
+        x.fit_output_rel_mse / x.distortion.param_distortion
+        for x in results
+        if x.distortion.param_distortion > 0 and x.fit_output_rel_mse is not None
+    ]
+    bound = None
+    if c_fit and half:
+        cf = max(c_fit)
+        bound = all(
+            (x.distortion.output_rel_mse_heldout or 0.0) <= cf * x.distortion.param_distortion * (1 + 1e-9)
+            if x.distortion.param_distortion > 0
+            else x.distortion.output_rel_mse <= 1e-10
+            for x in results
+        )
+    elif not half:
+        notes.append("one calibration window only: no held-out half, bound not checked")
+
+    machine = MachineInfo.here()
+    machine.torch_version = torch.__version__
+    machine.transformers_version = transformers.__version__
+    return PruneReport(
+        model=loaded.identity,
+        machine=machine,
+        threads=torch.get_num_threads(),
+        importance=opts.importance,
+        scope=opts.scope,
+        split=opts.split,
+        calibration=CalibrationInfo(
+            source=calib.source, sha256=calib.sha256, num_sequences=len(windows), tokens=calib.tokens, tokenizer=calib.tokenizer
+        ),
+        results=results,
+        empirical_c=max(c_all) if c_all else None,
+        empirical_c_fit=max(c_fit) if c_fit else None,
+        bound_holds=bound,
+        laplace=_laplace(ad0, blocks, opts.ratios),
+        export_dir=str(final) if final is not None else None,
+        torch_pruning_version=tp_adapter.version(),
+        seq_len=T,
+        notes=notes,
+    )
+
+
+def _finalise(tmp: Path, final: Path, force: bool) -> None:
+    from coinfer.errors import UserInputError
+
+    if final.exists():
+        if any(final.iterdir()) and not force:
+            raise UserInputError(f"--export {final}: folder exists and is not empty (use --force to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=tmp.parent))
+        final.rename(old / "previous")
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+

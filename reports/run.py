@@ -1,0 +1,116 @@
+"""The result of `coinfer run`: what a split run measured, next to what the plan predicted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import Field
+
+from coinfer.reports.common import MachineInfo, ModelIdentity, Schema, coinfer_version
+from coinfer.reports.plan import InputFile
+
+
+class Measured(Schema):
+    """One latency term: measured, predicted and the prediction's error."""
+
+    measured_ms: float = Field(ge=0)
+    predicted_ms: float | None = Field(default=None, ge=0)
+    error_pct: float | None = Field(default=None, description="(measured - predicted) / predicted x 100")
+
+
+class PhaseTiming(Schema):
+    """Latency of one phase split into the terms of the cost model.
+
+    ``transfer`` is what end to end leaves after the compute of every party: payload time,
+    (emulated) propagation delay, encode/decode of the wire dtype and the transport's overhead.
+    """
+
+    device_compute: Measured
+    transfer: Measured
+    server_compute: Measured
+    end_to_end: Measured
+
+
+class ChainMember(Schema):
+    """One process of the run and the stages it ran."""
+
+    role: Literal["device", "server", "relay"]
+    rank: int = Field(ge=0)
+    start: int = Field(ge=0, description="first stage position (0 = embed)")
+    end: int = Field(ge=0, description="one past the last stage position")
+    stages: str = Field(description="e.g. 'embed..block.3', or '-' when it runs none")
+    address: str | None = Field(default=None, description="control address of a server or relay")
+
+
+class LinkEmulation(Schema):
+    """How the link was emulated on one machine (absent fields: not emulated)."""
+
+    rate_bps: float | None = Field(default=None, gt=0, description="tc tbf rate on the namespace's loopback")
+    rtt_ms: float = Field(default=0.0, ge=0)
+    rtt_emulated_at_transport: bool = Field(
+        default=False, description="the RTT is a sleep of rtt/2 per message per direction, not a kernel delay"
+    )
+    qdisc: str | None = Field(default=None, description="the tc command applied")
+    namespace: str | None = None
+
+
+class Traffic(Schema):
+    """Bytes actually handed to the transport."""
+
+    prefill_uplink_bytes: int = Field(ge=0, description="device side to server side, prefill, all hops")
+    per_token_uplink_bytes: int | None = Field(default=None, ge=0, description="one decode step, all hops")
+    downlink_bytes: int = Field(ge=0, description="everything the last member sent, whole request (results to the device)")
+    total_bytes: int = Field(ge=0, description="everything sent for one request")
+    predicted_prefill_payload_bytes: int | None = Field(default=None, ge=0, description="activation_bytes at the cut")
+
+
+class ExportedShards(Schema):
+    """Exported (pruned) shards the run used instead of the model's own stages."""
+
+    prune_report: InputFile
+    ratio: float = Field(ge=0, lt=1)
+    device_shard_sha256: str
+    server_shard_sha256: str
+
+
+class RunResult(Schema):
+    """A versioned record of one `coinfer run`."""
+
+    kind: Literal["run_result"] = "run_result"
+    schema_version: Literal[1] = 1
+    coinfer_version: str = Field(default_factory=coinfer_version)
+    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    model: ModelIdentity
+    machine: MachineInfo
+    torch_threads: int = Field(ge=1, description="intra-op threads of each process")
+    mode: Literal["local", "two-machine"]
+    transport: str = Field(description="the engine the tensors travelled on")
+    cut: int = Field(ge=0, description="stages on the device, as in a plan's Candidate.cut")
+    cut_name: str
+    chain: list[ChainMember]
+    wire_dtype: Literal["fp32", "fp16", "int8"]
+    batch: int = Field(ge=1)
+    prompt_tokens: int = Field(ge=1)
+    new_tokens: int = Field(ge=0, description="decode steps asked for (the plan's new_tokens, m)")
+    decode_steps: int = Field(
+        ge=0, description="decode steps run after the prefill; new_tokens + 1 tokens come out (one from the prefill)"
+    )
+    warmup_runs: int = Field(ge=0)
+    repeats: int = Field(ge=1, description="measured requests; phase figures are medians over them")
+    link: LinkEmulation
+    plan: InputFile | None = None
+    shards: ExportedShards | None = Field(default=None, description="set when exported shards ran (sha256-checked)")
+    prediction_source: str | None = Field(default=None, description="where predicted_ms come from")
+    prefill: PhaseTiming
+    per_token: PhaseTiming | None = Field(default=None, description="one decode step (median over steps)")
+    total: PhaseTiming = Field(description="the whole request: prefill plus every decode step")
+    per_generated_token: Measured | None = Field(default=None, description="total end to end / tokens out (decode steps + 1)")
+    traffic: Traffic
+    generated_tokens: list[list[int]] | None = None
+    matches_unsplit: bool | None = Field(
+        default=None,
+        description="output identical to the unsplit model (exported shards: to the same shards in one process)",
+    )
+    max_abs_diff: float | None = Field(default=None, ge=0, description="encoders: max |split - unsplit|")
+    notes: list[str] = Field(default_factory=list)
