@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,19 @@ class Schema(BaseModel):
     """Base of all schema objects: unknown fields are errors, so typos never pass silently."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Document(Schema):
+    """Base of every versioned coinfer file: its kind, version and who wrote it when.
+
+    Subclasses narrow ``kind`` and ``schema_version`` to literals; loading checks both before the
+    body (see :func:`coinfer.reports.io.load_document`).
+    """
+
+    kind: str
+    schema_version: int
+    coinfer_version: str = Field(default_factory=lambda: coinfer_version())
+    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class ModelIdentity(Schema):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field
 
-from coinfer.reports.common import ModelIdentity, Schema, coinfer_version
+from coinfer.reports.common import Document, ModelIdentity, Schema
 
 
 class InputFile(Schema):
@@ -137,13 +136,11 @@ class ChainPlan(Schema):
     throughput_rps: float = Field(ge=0, description="requests per second when pipelined (1000 / bottleneck)")
 
 
-class Plan(Schema):
+class Plan(Document):
     """A versioned plan."""
 
     kind: Literal["plan"] = "plan"
     schema_version: Literal[1] = 1
-    coinfer_version: str = Field(default_factory=coinfer_version)
-    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: ModelIdentity
     inputs: list[InputFile]
     link: LinkModel

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from coinfer.reports.common import MachineInfo, ModelIdentity, Schema, coinfer_version
+from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 
 WireDtype = Literal["fp32", "fp16", "int8"]
 WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
@@ -116,13 +115,11 @@ class EmissionsSummary(Schema):
     country_iso_code: str | None = Field(default=None, description="grid whose carbon intensity was used")
 
 
-class Profile(Schema):
+class Profile(Document):
     """A versioned profile of one model on one machine."""
 
     kind: Literal["profile"] = "profile"
     schema_version: Literal[1] = 1
-    coinfer_version: str = Field(default_factory=coinfer_version)
-    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: ModelIdentity
     context: MeasureContext
     stages: list[StageProfile]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field
 
-from coinfer.reports.common import MachineInfo, ModelIdentity, Schema, coinfer_version
+from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 
 
 class BlockPruning(Schema):
@@ -127,13 +126,11 @@ class CalibrationInfo(Schema):
     )
 
 
-class PruneReport(Schema):
+class PruneReport(Document):
     """A versioned pruning report."""
 
     kind: Literal["prune_report"] = "prune_report"
     schema_version: Literal[1] = 1
-    coinfer_version: str = Field(default_factory=coinfer_version)
-    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: ModelIdentity
     machine: MachineInfo
     device: Literal["cpu", "cuda"] = "cpu"
@@ -166,12 +163,11 @@ class ShardBlockShape(Schema):
     mlp_channels: int = Field(ge=1)
 
 
-class ShardConfig(Schema):
+class ShardConfig(Document):
     """Everything needed to rebuild an exported shard exactly (no pickles: weights are safetensors)."""
 
     kind: Literal["shard_config"] = "shard_config"
     schema_version: Literal[1] = 1
-    coinfer_version: str = Field(default_factory=coinfer_version)
     role: Literal["device", "server"]
     model: ModelIdentity
     hf_config: dict = Field(description="the transformers config (unpruned architecture)")

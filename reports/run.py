@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field
 
-from coinfer.reports.common import MachineInfo, ModelIdentity, Schema, coinfer_version
+from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 from coinfer.reports.plan import InputFile
 
 
@@ -74,13 +73,11 @@ class ExportedShards(Schema):
     server_shard_sha256: str
 
 
-class RunResult(Schema):
+class RunResult(Document):
     """A versioned record of one `coinfer run`."""
 
     kind: Literal["run_result"] = "run_result"
     schema_version: Literal[1] = 1
-    coinfer_version: str = Field(default_factory=coinfer_version)
-    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: ModelIdentity
     machine: MachineInfo
     torch_threads: int = Field(ge=1, description="intra-op threads of each process")
