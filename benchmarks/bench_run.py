@@ -48,7 +48,9 @@ def _terms(phase: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads: both roles share the cores and must not spin while the other computes
     # (the profile is taken under the same setting).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from coinfer.openmp import configure_openmp_wait
+
+    configure_openmp_wait()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="gpt2,minilm")
     p.add_argument("--rates", default="5,50,500", help="link rates in Mbit/s")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from coinfer.cli import inspect_cmd  # noqa: F401  (registers commands)
-from coinfer.cli.app import app, err_console
-from coinfer.errors import CoinferError
+from coinfer.openmp import configure_openmp_wait
+
+configure_openmp_wait()  # before any command imports torch
+
+from coinfer.cli import inspect_cmd  # noqa: E402, F401  (registers commands)
+from coinfer.cli.app import app, err_console  # noqa: E402
+from coinfer.errors import CoinferError  # noqa: E402
 
 EXIT_USER_ERROR = 2
 

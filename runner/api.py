@@ -203,28 +203,16 @@ def _prompt(vocab: int, batch: int, tokens: int, seed: int, ragged: bool, is_dec
     return ids, mask
 
 
-_passive_effective: bool | None = None
-
-
 def passive_openmp() -> bool:
-    """Make idle OpenMP threads sleep instead of spin; True if that is in effect in this process.
+    """Make idle OpenMP threads sleep soon after work instead of spinning; True if in effect.
 
-    Both roles on one machine take turns: with the default spin-wait the idle role's threads kept
-    both cores busy and the working role ran 40-70x slower per decode step (tiny GPT-2, 2 threads).
-    OpenMP reads the setting once, when torch loads, so it only works before the first torch import.
+    Both roles on one machine take turns on the same cores: with libgomp's default spin-wait the
+    idle role's threads kept both cores busy (decode steps 40-70x slower); see coinfer.openmp for
+    why a short spin rather than OMP_WAIT_POLICY=PASSIVE. It only works before torch loads.
     """
-    import os
-    import sys
+    from coinfer.openmp import configure_openmp_wait
 
-    global _passive_effective
-    if _passive_effective is None:
-        before = os.environ.get("OMP_WAIT_POLICY", "")
-        if "torch" not in sys.modules:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            _passive_effective = os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
-        else:
-            _passive_effective = before.upper() == "PASSIVE"
-    return _passive_effective
+    return configure_openmp_wait()
 
 
 def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResult | None:
@@ -444,8 +432,8 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     if mask is not None:
         notes.append("the padding mask crosses the link before the activation (counted in the uplink bytes)")
     if not passive_omp and threads > 1 and opts.role == "local":
-        notes.append("OpenMP threads of this process spin while waiting (torch was loaded before OMP_WAIT_POLICY=PASSIVE "
-                     "could be set): device compute may be inflated; set OMP_WAIT_POLICY=PASSIVE or --threads 1")
+        notes.append("OpenMP threads of this process may spin while waiting (torch was loaded before GOMP_SPINCOUNT "
+                     "could be set, or OMP_WAIT_POLICY was given): device compute may be inflated")
     if shards:
         notes.append(f"ran the exported shards of ratio {opts.ratio:g} (sha256-checked); the output check compares "
                      "them with the same shards in one process")

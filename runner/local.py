@@ -40,9 +40,10 @@ def _env() -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # The roles take turns on the same cores: idle OpenMP threads must sleep, not spin.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
+    # The roles take turns on the same cores: idle OpenMP threads must sleep soon, not spin.
+    from coinfer.openmp import child_env
+
+    return child_env(env)
 
 
 def start_server(model: str, seed: int, threads: int, timeout_s: float, prefix: list[str] | None = None,
