@@ -126,6 +126,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
+    from coinfer.openmp import configure_openmp_wait
+
+    configure_openmp_wait()  # the same OpenMP wait policy as `coinfer profile` (before torch loads)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2,llama-1.1b")
     ap.add_argument("--device", default="cpu")

@@ -234,3 +234,8 @@ def test_nominal_candidates_are_unpruned_at_full_frequency(files, capsys):
     dev_only = plan.nominal[-1]
     assert dev_only.prefill.device_ms == pytest.approx(sum(
         s.prefill.median_ms for s in load_document(files["dev"], Profile).stages))
+
+
+def test_random_weights_are_labelled(files, capsys):
+    out = run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "20Mbps")
+    assert "weights: random" in out.splitlines()[0]
