@@ -103,8 +103,12 @@ class NvmlReader:
 def open_nvml(index: int = 0) -> NvmlReader | None:
     """An NVML reader for GPU ``index``, or None when NVML or its energy counter is unavailable."""
     try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
         return NvmlReader(index)
-    except Exception:  # ImportError, NVMLError_NotSupported, no driver: all mean "no counter"
+    except pynvml.NVMLError:  # no driver, no such GPU, or the energy counter is not supported
         return None
 
 

@@ -249,8 +249,6 @@ def test_speedup_applies_to_the_stages_it_was_measured_over():
     d = dev()
     s = derive_server_profile(d, 2.0)
     rep = synthetic_prune_report(2, ratios=(0.5,), speedups=(2.0,), scope="device", split=1)
-    if "measured_stages" not in rep.results[0].speedup.model_fields:
-        pytest.skip("this pruning schema has no measured_stages")
     rep.results[0].speedup.measured_stages = ["embed", "block.0"]
     c = evaluate(d, s, LINK, cut=2, ratio=0.5, prune=rep, prompt_tokens=4)
     assert c.prefill.device_ms == approx((1.0 + 2.0) / 2)  # the timed shard, embed included, twice as fast
