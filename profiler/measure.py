@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coinfer.errors import UserInputError
+from coinfer.models.flops import stage_flops
 from coinfer.models.payload import activation_bytes, token_ids_bytes
 from coinfer.profiler.energy import (
     codecarbon_cpu_power_w,
@@ -29,7 +30,6 @@ from coinfer.profiler.energy import (
     open_hardware_reader,
     start_emissions,
 )
-from coinfer.profiler.flops import stage_flops
 from coinfer.profiler.hardware import (
     DTYPES,
     check_device,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from coinfer.models import flops
 from coinfer.models.adapters.base import FamilyAdapter
 
 
@@ -26,27 +26,19 @@ def block_sq_norm(adapter: FamilyAdapter, block: int) -> float:
 
 
 def block_flops(adapter: FamilyAdapter, block: int, tokens: int, context: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one block for ``tokens`` new tokens over ``context``.
+    """FLOPs of one block for ``tokens`` new tokens attending to ``context`` keys in all.
 
-    Linear layers cost ``2 * tokens * in * out``; attention scores and the weighted sum of values
-    cost ``2 * 2 * tokens * context * q_heads * head_dim`` (full square, no causal halving).
-    Norms, activations and softmax are left out (a few percent at these widths).
+    The one FLOPs model of coinfer (:mod:`coinfer.models.flops`), batch 1.
     """
-    lin = sum(m.in_features * m.out_features for m in adapter.blocks()[block].modules() if isinstance(m, nn.Linear))
-    q_heads, _ = adapter.attention_heads(block)
-    return float(2 * tokens * lin + 4 * tokens * context * q_heads * adapter.head_dim())
+    return flops.block_flops(adapter, block, 1, tokens, context - tokens)
 
 
 def stage_flops(adapter: FamilyAdapter, stage: str, tokens: int, context: int, logits_to_keep: int = 1) -> float:
-    """FLOPs of ``embed`` (0: a lookup), a block, or ``head`` (LM head on kept positions)."""
+    """FLOPs of ``embed`` (0: a lookup), a block, or ``head`` (LM head on kept positions), batch 1."""
     if stage == "embed":
         return 0.0
     if stage == "head":
-        if not adapter.is_decoder:
-            pooler = adapter.head_modules().get("pooler")
-            return float(2 * adapter.hidden_size * adapter.hidden_size) if pooler is not None else 0.0
-        kept = min(tokens, logits_to_keep) if logits_to_keep else tokens
-        return float(2 * kept * adapter.hidden_size * adapter.vocab_size)
+        return flops.head_flops(adapter, 1, tokens, logits_to_keep)
     return block_flops(adapter, int(stage.split(".")[1]), tokens, context)
 
 

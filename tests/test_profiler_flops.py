@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from coinfer.models.flops import block_flops, head_flops, stage_flops
 from coinfer.models.loading import build_from_config
-from coinfer.profiler.flops import block_flops, head_flops, stage_flops
 
 CFGS = {
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=101),

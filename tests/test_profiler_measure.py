@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from coinfer.errors import DeviceUnavailableError, UserInputError
+from coinfer.models.flops import stage_flops
 from coinfer.models.loading import build_from_config
 from coinfer.profiler import measure
-from coinfer.profiler.flops import stage_flops
 from coinfer.profiler.measure import (
     ProfileOptions,
     _DecodeState,

@@ -1,5 +1,7 @@
 """FLOPs of each stage, computed from the model's current shapes (pruned blocks included).
 
+The one FLOPs model of coinfer: the profiler and the pruner both use it.
+
 Counted: matrix products only, 2 FLOPs per multiply-add, as ``torch.utils.flop_counter`` counts
 them; element-wise work (norms, activations, softmax, rotary, bias adds) is left out. Attention
 scores and the weighted sum are counted over the full (new tokens x all keys) rectangle, causal
