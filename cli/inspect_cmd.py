@@ -8,6 +8,7 @@ from rich.table import Table
 from coinfer.cli.app import app, console
 from coinfer.errors import UserInputError
 from coinfer.models.presets import PRESETS, REAL_MODELS
+from coinfer.vocab import check_wire_dtype
 
 
 @app.command("models")
@@ -39,8 +40,7 @@ def inspect_cmd(
     """Show a model's stages, weights and the bytes crossing each possible cut."""
     if seq_len <= 0 or batch <= 0:
         raise UserInputError("--seq-len and --batch must be positive")
-    if wire_dtype not in ("fp32", "fp16", "int8"):
-        raise UserInputError(f"--wire-dtype {wire_dtype!r}: expected fp32, fp16 or int8")
+    check_wire_dtype(wire_dtype)
     from coinfer.models.loading import load_model
     from coinfer.models.summary import input_payload_bytes, summarize, verify_split
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from coinfer.vocab import EMBED, HEAD, block_name
+
 
 def block_flops(adapter: Any, index: int, batch: int, new_tokens: int, past_tokens: int) -> float:
     """FLOPs of block ``index`` for ``new_tokens`` tokens attending to ``past_tokens`` cached ones.
@@ -60,8 +62,8 @@ def stage_flops(
     adapter: Any, batch: int, new_tokens: int, past_tokens: int = 0, logits_to_keep: int = 1
 ) -> dict[str, float]:
     """FLOPs of every stage, keyed by stage name (``embed``, ``block.<i>``, ``head``)."""
-    out = {"embed": 0.0}
+    out = {EMBED: 0.0}
     for i in range(adapter.num_blocks):
-        out[f"block.{i}"] = block_flops(adapter, i, batch, new_tokens, past_tokens)
-    out["head"] = head_flops(adapter, batch, new_tokens, logits_to_keep)
+        out[block_name(i)] = block_flops(adapter, i, batch, new_tokens, past_tokens)
+    out[HEAD] = head_flops(adapter, batch, new_tokens, logits_to_keep)
     return out

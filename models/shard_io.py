@@ -23,6 +23,7 @@ from typing import Any
 from coinfer.errors import IntegrityError, SchemaError, UserInputError
 from coinfer.reports.io import atomic_write_bytes, file_sha256, to_json
 from coinfer.reports.prune import ShardBlockShape, ShardConfig
+from coinfer.vocab import max_positions
 
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -147,8 +148,7 @@ def export_onnx(shard: Any, folder: Path, role: str, *, seq_len: int = 16) -> di
     wrapped = _OnnxWrapper.make(shard)
     inp, outs = onnx_io_names(shard)
     x = example_input(shard, seq_len)
-    limit = getattr(shard.adapter.config, "max_position_embeddings", None) or getattr(shard.adapter.config, "n_positions", 4096)
-    seq = torch.export.Dim("seq", min=2, max=int(limit))
+    seq = torch.export.Dim("seq", min=2, max=max_positions(shard.adapter.config))  # None: no upper bound
     path = folder / f"{role}.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

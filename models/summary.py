@@ -9,6 +9,7 @@ import torch
 from coinfer.models.loading import LoadedModel
 from coinfer.models.payload import activation_bytes, token_ids_bytes
 from coinfer.models.shards import split
+from coinfer.vocab import HEAD
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def summarize(loaded: LoadedModel, batch: int = 1, seq_len: int = 128, wire_dtyp
     pbytes = stage_param_bytes(loaded)
     rows = []
     for name in ad.stage_names():
-        if name == "head":
+        if name == HEAD:
             rows.append(StageSummary(name, pbytes[name], (), 0, 0 if ad.is_decoder else None))
             continue
         shape = (batch, seq_len, ad.hidden_size)

@@ -24,10 +24,11 @@ from functools import lru_cache
 import numpy as np
 
 from coinfer.errors import InfeasibleError, UserInputError
-from coinfer.planner.cost import CostModel, Workload, _stage_costs, check_compatible, stage_names
+from coinfer.planner.cost import CostModel, Workload, _stage_costs, check_compatible
 from coinfer.planner.search import _link_terms, _upto
 from coinfer.reports.plan import ChainHop, ChainPlan, ChainSegment
 from coinfer.reports.profile import Profile
+from coinfer.vocab import stage_names
 
 
 @dataclass

@@ -41,6 +41,7 @@ from coinfer.planner.link import Link
 from coinfer.reports.plan import Candidate, EnergyBreakdown, PhaseBreakdown
 from coinfer.reports.profile import Profile, StageProfile
 from coinfer.reports.prune import PruneReport
+from coinfer.vocab import check_wire_dtype, cut_name, stage_names
 
 OBJECTIVES = ("latency", "energy", "weighted")
 
@@ -113,16 +114,6 @@ class RatioOption:
     device_pruned: np.ndarray  # per stage: runs faster when on the device
     server_pruned: np.ndarray  # per stage: runs faster when on the server
     allowed_cuts: np.ndarray  # per cut 0..N
-
-
-def stage_names(num_blocks: int) -> list[str]:
-    """embed, block.0 .. block.{L-1}, head."""
-    return ["embed", *[f"block.{i}" for i in range(num_blocks)], "head"]
-
-
-def cut_name(cut: int, num_blocks: int) -> str:
-    """'server-only' for cut 0, else the name of the last stage on the device."""
-    return "server-only" if cut == 0 else stage_names(num_blocks)[cut - 1]
 
 
 def check_compatible(a: Profile, b: Profile, what_a: str = "device", what_b: str = "server") -> None:
@@ -455,8 +446,7 @@ def build_cost_model(
     if prune is not None and not prune.model.same_architecture(device.model):
         raise SchemaError(f"the pruning report is of another model ({prune.model.name}) than the profiles "
                           f"({device.model.name})")
-    if wire_dtype not in ("fp32", "fp16", "int8"):
-        raise UserInputError(f"--wire-dtype {wire_dtype!r}: expected fp32, fp16 or int8")
+    check_wire_dtype(wire_dtype)
     ident = device.model
     L = ident.num_blocks
     n_st = L + 2

@@ -15,6 +15,7 @@ import numpy as np
 
 from coinfer.errors import UserInputError
 from coinfer.reports.plan import LinkModel
+from coinfer.vocab import check_wire_dtype
 
 
 def shannon_rate_bps(bandwidth_hz: float, tx_power_w, channel_gain: float, noise_w_per_hz: float):
@@ -57,8 +58,7 @@ class Link:
     reference_gain: float | None = None
 
     def __post_init__(self) -> None:
-        if self.wire_dtype not in ("fp32", "fp16", "int8"):
-            raise UserInputError(f"--wire-dtype {self.wire_dtype!r}: expected fp32, fp16 or int8")
+        check_wire_dtype(self.wire_dtype)
         if not (math.isfinite(self.rtt_ms) and self.rtt_ms >= 0):
             raise UserInputError(f"rtt {self.rtt_ms!r} ms: must be finite and not negative")
         for name in ("rate_bps", "downlink_rate_bps"):

@@ -23,6 +23,7 @@ from coinfer.planner.units import (
     parse_rate_bps,
     parse_scale,
 )
+from coinfer.vocab import check_wire_dtype
 
 
 def _positive(value: float | None, option: str) -> float | None:
@@ -129,8 +130,8 @@ def request_from_cli(
         if rate is not None:
             link = Link(rate_bps=parse_rate_bps(rate), downlink_rate_bps=down, rtt_ms=rtt_ms, wire_dtype=wire_dtype,
                         tx_powers_w=powers)
-        elif wire_dtype not in ("fp32", "fp16", "int8"):
-            raise UserInputError(f"--wire-dtype {wire_dtype!r}: expected fp32, fp16 or int8")
+        else:
+            check_wire_dtype(wire_dtype)
     freq = (1.0, 1.0, 1)
     if freq_range is not None:
         freq = parse_range(freq_range, "--freq-range", parse_scale, 6)

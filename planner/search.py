@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from coinfer.errors import InfeasibleError, UserInputError
-from coinfer.planner.cost import Budgets, CostModel, Objective, cut_name
+from coinfer.planner.cost import Budgets, CostModel, Objective
 from coinfer.planner.link import Link
 from coinfer.reports.plan import Candidate, RatePoint
+from coinfer.vocab import cut_name
 
 
 @dataclass

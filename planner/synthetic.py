@@ -21,6 +21,7 @@ from coinfer.reports.prune import (
     RatioResult,
     Speedup,
 )
+from coinfer.vocab import WIRE_DTYPES, block_name, stage_kind, stage_names
 
 _MACHINE = MachineInfo(hostname="synthetic", os="none", cpu="none", cpu_count_logical=1, python="3")
 
@@ -74,8 +75,8 @@ def synthetic_profile(
         stage_ms = (rng.uniform(0.1, 5.0, n) if rng is not None else [0.2, *([1.0] * num_blocks), 0.2])
     if param_bytes is None:
         param_bytes = (rng.integers(1, 10**6, n) if rng is not None else [4000, *([10**5] * num_blocks), 4000])
-    names = ["embed", *[f"block.{i}" for i in range(num_blocks)], "head"]
-    kinds = ["embed", *(["block"] * num_blocks), "head"]
+    names = stage_names(num_blocks)
+    kinds = [stage_kind(name) for name in names]
     stages = []
     for i, name in enumerate(names):
         ms = float(stage_ms[i])
@@ -96,7 +97,7 @@ def synthetic_profile(
                 prefill_bytes=0 if is_last else activation_bytes(batch, seq_len, hidden, d),
                 per_token_bytes=0 if (is_last or not is_decoder) else activation_bytes(batch, 1, hidden, d),
             )
-            for d in ("fp32", "fp16", "int8")
+            for d in WIRE_DTYPES
         }
         stages.append(StageProfile(
             name=name, stage_kind=kinds[i], prefill=Timing(median_ms=ms, iqr_ms=0.0, repeats=3), prefill_flops=1.0,
@@ -144,14 +145,14 @@ def synthetic_prune_report(
     pruned = range(num_blocks) if scope == "all" else range(split or 0)
     results = []
     for r, s, d in zip(ratios, speedups, distortions, strict=True):
-        blocks = [BlockPruning(name=f"block.{i}", params_before=1000, params_after=int(1000 * (1 - r)),
+        blocks = [BlockPruning(name=block_name(i), params_before=1000, params_after=int(1000 * (1 - r)),
                                heads_before=4, heads_after=4, mlp_channels_before=8, mlp_channels_after=8,
                                prefill_flops_before=1.0, prefill_flops_after=1.0 - r, param_distortion=d)
                   for i in pruned]
         results.append(RatioResult(
             requested_ratio=r, achieved_param_ratio=r, pruned_anything=True, blocks=blocks, params_before=1000,
             params_after=int(1000 * (1 - r)), prefill_flops_before=1.0, prefill_flops_after=1.0 - r,
-            speedup=_speedup(s, r, [f"block.{i}" for i in pruned]),
+            speedup=_speedup(s, r, [block_name(i) for i in pruned]),
             distortion=Distortion(output_rel_mse=d, param_distortion=d),
         ))
     return PruneReport(

@@ -41,7 +41,6 @@ from coinfer.profiler.hardware import (
 from coinfer.profiler.stats import is_noisy, median_iqr
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.profile import (
-    WIRE_DTYPES,
     DecodeCost,
     EmissionsSummary,
     MeasureContext,
@@ -51,6 +50,7 @@ from coinfer.reports.profile import (
     Timing,
     WholeModel,
 )
+from coinfer.vocab import EMBED, HEAD, WIRE_DTYPES, block_index, block_name, max_positions, stage_kind
 
 DEFAULT_DECODE_CONTEXT = (128, 512, 2048)
 RESULT_ELEMENT_BYTES = 4  # encoders send their embedding back as fp32
@@ -150,14 +150,6 @@ def parse_context_list(text: str) -> list[int]:
         raise UserInputError(f"--decode-context {text!r}: expected integers separated by commas") from None
 
 
-def _max_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        v = getattr(config, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
 def run_profile(spec: str, opts: ProfileOptions, progress: Progress | None = None) -> Profile:
     """Load ``spec`` and profile it: the one call behind ``coinfer profile``.
 
@@ -194,7 +186,7 @@ def profile_loaded(
     validate_options(opts)
     ad = loaded.adapter
     notes = list(opts.notes)
-    max_pos = _max_positions(ad.config)
+    max_pos = max_positions(ad.config)
     if max_pos is not None and opts.seq_len > max_pos:
         raise UserInputError(f"--seq-len {opts.seq_len} exceeds the model's {max_pos} positions")
     contexts: list[int] = []
@@ -368,7 +360,6 @@ def _measure(
     accelerator: str | None,
 ) -> Profile:
     import torch
-    import transformers
 
     from coinfer.models.adapters.base import ShardState
     from coinfer.models.summary import stage_param_bytes
@@ -502,10 +493,8 @@ def _measure(
         frac = None
         if peak and pflops[name] > 0 and pre.median_ms > 0:
             frac = pflops[name] / (pre.median_ms / 1e3) / peak
-        if name.startswith("block."):
-            kind, kv = "block", ad.kv_cache_bytes_per_token(int(name.split(".")[1]), el) * B
-        else:
-            kind, kv = name, 0
+        kind, b = stage_kind(name), block_index(name)
+        kv = ad.kv_cache_bytes_per_token(b, el) * B if b is not None else 0
         payload = {
             w: PayloadBytes(
                 prefill_bytes=0 if kind == "head" else activation_bytes(B, T, d, w),
@@ -574,11 +563,8 @@ def _measure(
         peak_mem = max(run_peak, int(torch.cuda.max_memory_allocated()))
         peak_src = "cuda_max_allocated"
 
-    machine = MachineInfo.here(accelerator=accelerator)
-    machine.torch_version = torch.__version__
-    machine.transformers_version = transformers.__version__
     context = MeasureContext(
-        machine=machine,
+        machine=MachineInfo.here(accelerator=accelerator, libraries=True),
         device=device,  # type: ignore[arg-type]
         dtype=opts.dtype,  # type: ignore[arg-type]
         threads=threads,
@@ -751,7 +737,7 @@ def _stage_peaks(ad: Any, ids: Any, k: int, device: str) -> dict[str, int]:
     measure = _cuda_peak if device == "cuda" else _cpu_peak
     out: dict[str, int] = {}
     state = ShardState(cache=None)
-    h, out["embed"] = measure(lambda: ad.embed(ids, 0))
+    h, out[EMBED] = measure(lambda: ad.embed(ids, 0))
     ctx = ad.context(h, state, 0, None) if ad.num_blocks == 0 else None
     for i in range(ad.num_blocks):
 
@@ -759,6 +745,6 @@ def _stage_peaks(ad: Any, ids: Any, k: int, device: str) -> dict[str, int]:
             c = ad.context(h, state, 0, None) if i == 0 else ctx  # charged to block.0
             return c, ad.block(i, h, c)
 
-        (ctx, h), out[f"block.{i}"] = measure(step)
-    _, out["head"] = measure(lambda: ad.head(h, ctx, k))
+        (ctx, h), out[block_name(i)] = measure(step)
+    _, out[HEAD] = measure(lambda: ad.head(h, ctx, k))
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coinfer.errors import UserInputError
+from coinfer.vocab import max_positions
 
 BUILTIN = "builtin"
 
@@ -85,9 +86,9 @@ def build(text: str, source: str, loaded: Any, seq_len: int, max_windows: int) -
     else:
         ids = [b % ad.vocab_size for b in text.encode("utf-8")]
         kind = "bytes"
-    limit = getattr(ad.config, "max_position_embeddings", None) or getattr(ad.config, "n_positions", None)
-    if limit:
-        seq_len = min(seq_len, int(limit))
+    limit = max_positions(ad.config)
+    if limit is not None:
+        seq_len = min(seq_len, limit)
     body = seq_len - len(special[0]) - len(special[1])
     windows = []
     for i in range(0, len(ids), body):

@@ -22,6 +22,7 @@ from coinfer.reports.prune import (
     ShardFile,
     Speedup,
 )
+from coinfer.vocab import block_name
 
 ONNX_CHECK_SEQ_LENS = (8, 24)
 ONNX_TOLERANCE = 1e-4
@@ -160,8 +161,6 @@ def _export_ratio(loaded: Any, ad: FamilyAdapter, ratio: float, root: Path, opts
 
 def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
     """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`."""
-    import transformers
-
     from coinfer.pruner import importance, tp_adapter
     from coinfer.pruner.api import _scope_blocks, prune_copy
     from coinfer.reports.common import MachineInfo
@@ -212,7 +211,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
                     removed_sq += dw * sq0[b]
                 rows.append(
                     BlockPruning(
-                        name=f"block.{b}",
+                        name=block_name(b),
                         params_before=p0[b],
                         params_after=pa,
                         heads_before=q0,
@@ -311,12 +310,9 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
     elif not half:
         notes.append("one calibration window only: no held-out half, bound not checked")
 
-    machine = MachineInfo.here()
-    machine.torch_version = torch.__version__
-    machine.transformers_version = transformers.__version__
     return PruneReport(
         model=loaded.identity,
-        machine=machine,
+        machine=MachineInfo.here(libraries=True),
         threads=torch.get_num_threads(),
         importance=opts.importance,
         scope=opts.scope,

@@ -12,6 +12,7 @@ import torch
 
 from coinfer.models import flops
 from coinfer.models.adapters.base import FamilyAdapter
+from coinfer.vocab import EMBED, HEAD, block_index
 
 
 # -- parameters and FLOPs -------------------------------------------------------------------
@@ -35,11 +36,11 @@ def block_flops(adapter: FamilyAdapter, block: int, tokens: int, context: int) -
 
 def stage_flops(adapter: FamilyAdapter, stage: str, tokens: int, context: int, logits_to_keep: int = 1) -> float:
     """FLOPs of ``embed`` (0: a lookup), a block, or ``head`` (LM head on kept positions), batch 1."""
-    if stage == "embed":
+    if stage == EMBED:
         return 0.0
-    if stage == "head":
+    if stage == HEAD:
         return flops.head_flops(adapter, 1, tokens, logits_to_keep)
-    return block_flops(adapter, int(stage.split(".")[1]), tokens, context)
+    return block_flops(adapter, int(block_index(stage)), tokens, context)
 
 
 # -- distortion -----------------------------------------------------------------------------

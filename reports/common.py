@@ -65,9 +65,15 @@ class MachineInfo(Schema):
     transformers_version: str | None = None
 
     @classmethod
-    def here(cls, accelerator: str | None = None) -> MachineInfo:
-        """Describe this machine (reads no torch; versions are filled by the caller)."""
-        return cls(
+    def here(cls, accelerator: str | None = None, libraries: bool = False) -> MachineInfo:
+        """Describe this machine.
+
+        Args:
+            accelerator: The GPU's name when the measurement ran on one.
+            libraries: Also record the torch and transformers versions; this imports both, so
+                only the commands that already run models ask for it.
+        """
+        info = cls(
             hostname=socket.gethostname(),
             os=f"{platform.system()} {platform.release()}",
             cpu=cpu_name(),
@@ -75,6 +81,13 @@ class MachineInfo(Schema):
             accelerator=accelerator,
             python=platform.python_version(),
         )
+        if libraries:
+            import torch
+            import transformers
+
+            info.torch_version = torch.__version__
+            info.transformers_version = transformers.__version__
+        return info
 
 
 def cpu_name() -> str:

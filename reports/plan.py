@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from coinfer.reports.common import Document, ModelIdentity, Schema
+from coinfer.vocab import WireDtype
 
 
 class InputFile(Schema):
@@ -26,7 +27,7 @@ class LinkModel(Schema):
     uplink_rate_bps: float = Field(gt=0, description="fixed rate, or the Shannon rate at the chosen power")
     downlink_rate_bps: float = Field(gt=0)
     rtt_ms: float = Field(ge=0)
-    wire_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    wire_dtype: WireDtype = "fp32"
     tx_power_w: float | None = Field(default=None, ge=0, description="chosen (or fixed) transmit power")
     tx_power_min_w: float | None = Field(default=None, ge=0)
     tx_power_max_w: float | None = Field(default=None, ge=0)

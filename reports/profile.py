@@ -7,9 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
+from coinfer.vocab import StageKind, WireDtype, stage_names
 
-WireDtype = Literal["fp32", "fp16", "int8"]
-WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
 EnergySource = Literal["rapl", "nvml", "estimate", "none"]
 
 
@@ -46,7 +45,7 @@ class StageProfile(Schema):
     """One stage: ``embed``, ``block.<i>`` or ``head``; names join profiles, prune reports, plans."""
 
     name: str
-    stage_kind: Literal["embed", "block", "head"]
+    stage_kind: StageKind
     prefill: Timing
     prefill_flops: float = Field(ge=0)
     prefill_energy_j: float | None = Field(default=None, ge=0)
@@ -138,7 +137,7 @@ class Profile(Document):
     @model_validator(mode="after")
     def _stage_order(self) -> Profile:
         names = [s.name for s in self.stages]
-        expected = ["embed", *[f"block.{i}" for i in range(self.model.num_blocks)], "head"]
+        expected = stage_names(self.model.num_blocks)
         if names != expected:
             raise ValueError(f"stages must be {expected[0]}, block.0..block.{self.model.num_blocks - 1}, head")
         return self

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 from coinfer.reports.plan import InputFile
+from coinfer.vocab import WireDtype
 
 
 class Measured(Schema):
@@ -86,7 +87,7 @@ class RunResult(Document):
     cut: int = Field(ge=0, description="stages on the device, as in a plan's Candidate.cut")
     cut_name: str
     chain: list[ChainMember]
-    wire_dtype: Literal["fp32", "fp16", "int8"]
+    wire_dtype: WireDtype
     batch: int = Field(ge=1)
     prompt_tokens: int = Field(ge=1)
     new_tokens: int = Field(ge=0, description="decode steps asked for (the plan's new_tokens, m)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coinfer.errors import UserInputError
+from coinfer.reports.common import MachineInfo, ModelIdentity
 from coinfer.reports.run import (
     ChainMember,
     ExportedShards,
@@ -23,6 +24,7 @@ from coinfer.reports.run import (
     RunResult,
     Traffic,
 )
+from coinfer.vocab import check_wire_dtype, cut_name, max_positions
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -178,10 +180,6 @@ def _device_outcome(loaded: Any, *, bounds: list[int], members: list[list[Any]],
 
 
 # -- the command ----------------------------------------------------------------------------------
-def _cut_name(cut: int, stage_names: list[str]) -> str:
-    return "server-only" if cut == 0 else stage_names[cut - 1]
-
-
 def _stages(start: int, end: int, names: list[str]) -> str:
     if start >= end:
         return "-"
@@ -278,7 +276,6 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     from coinfer.runner import predict
     from coinfer.runner.linkemu import parse_duration_ms, parse_rate_bps
     from coinfer.runner.transport import TRANSPORT_NAME
-    from coinfer.runner.wire import WIRE_DTYPES
 
     # -- validate everything before any work ------------------------------------------------
     if opts.out is not None:
@@ -294,8 +291,7 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     if opts.role == "device" and not opts.server:
         raise UserInputError("--role device needs --server HOST:PORT")
     wire_dtype = opts.wire_dtype or (plan.link.wire_dtype if plan else "fp32")
-    if wire_dtype not in WIRE_DTYPES:
-        raise UserInputError(f"--wire-dtype {wire_dtype!r}: expected fp32, fp16 or int8")
+    check_wire_dtype(wire_dtype)
     spec = opts.model or (plan.model.name if plan else None)
     if spec is None:
         raise UserInputError("give --model or --plan")
@@ -346,8 +342,8 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
         raise UserInputError("a chain has at most 16 parts")
     if shard_cut is not None and cut != shard_cut:
         raise UserInputError(f"the exported shards split at cut {shard_cut}, not {cut}")
-    limit = getattr(loaded.model.config, "n_positions", None) or getattr(loaded.model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and prompt_tokens + new_tokens > limit:
+    limit = max_positions(loaded.model.config)
+    if limit is not None and prompt_tokens + new_tokens > limit:
         raise UserInputError(f"--prompt-tokens + --new-tokens = {prompt_tokens + new_tokens} exceeds the model's {limit} positions")
     n_members = len(bounds) - 2
     if opts.role == "device":
@@ -437,16 +433,14 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     if shards:
         notes.append(f"ran the exported shards of ratio {opts.ratio:g} (sha256-checked); the output check compares "
                      "them with the same shards in one process")
-    from coinfer.reports.common import ModelIdentity
-
     result = RunResult(
         model=ModelIdentity.model_validate(outcome["identity"]),
-        machine=_machine(),
+        machine=MachineInfo.here(libraries=True),
         torch_threads=threads,
         mode="two-machine" if opts.role == "device" else "local",
         transport=TRANSPORT_NAME,
         cut=cut,
-        cut_name=_cut_name(cut, names),
+        cut_name=cut_name(cut, ad.num_blocks),
         chain=chain,
         wire_dtype=wire_dtype,  # type: ignore[arg-type]
         batch=opts.batch,
@@ -502,18 +496,6 @@ def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any]
         else:
             outcome = device_outcome(model=spec, seed=opts.seed, loaded=loaded, members=members, **request)
         return outcome, [f"{h}:{p}" for h, p in members]
-
-
-def _machine():
-    import torch
-    import transformers
-
-    from coinfer.reports.common import MachineInfo
-
-    m = MachineInfo.here()
-    m.torch_version = torch.__version__
-    m.transformers_version = transformers.__version__
-    return m
 
 
 def _measured(value: float, predicted: float | None) -> Measured:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coinfer.vocab import WireDtype
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
 _HEADER = struct.Struct(">I")
@@ -45,7 +47,7 @@ class OpenSession(_Msg):
     weights_seed: int | None = None
     bounds: list[int] = Field(min_length=3, max_length=17, description="stage positions where ranks change hands")
     rank: int = Field(ge=1, le=15)
-    wire_dtype: Literal["fp32", "fp16", "int8"]
+    wire_dtype: WireDtype
     batch: int = Field(ge=1, le=256)
     prompt_tokens: int = Field(ge=1, le=65536)
     new_tokens: int = Field(ge=0, le=65536)

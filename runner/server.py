@@ -17,6 +17,7 @@ from coinfer.runner import protocol
 from coinfer.runner.engine import Steps, member_request
 from coinfer.runner.protocol import MemberReport, OpenReply, OpenSession, ProtocolError
 from coinfer.runner.transport import LinkBroken, host_store, join_store, open_group
+from coinfer.vocab import max_positions
 
 EventSink = Callable[[dict[str, Any]], None]
 REQUEST_READ_TIMEOUT_S = 5.0
@@ -141,7 +142,7 @@ class Server:
             raise ProtocolError("this server runs the unpruned model, not an exported shard")
         if not ident.is_decoder and req.new_tokens > 0:
             raise ProtocolError("encoders generate no tokens")
-        limit = _max_positions(self.loaded)
+        limit = max_positions(self.loaded.model.config)
         if limit is not None and req.prompt_tokens + req.new_tokens > limit:
             raise ProtocolError(f"prompt plus new tokens exceed the model's {limit} positions")
 
@@ -205,11 +206,3 @@ class Server:
             self._held = False
             self._busy.release()
 
-
-def _max_positions(loaded: Any) -> int | None:
-    cfg = loaded.model.config
-    for key in ("n_positions", "max_position_embeddings"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int):
-            return v
-    return None

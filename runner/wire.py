@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-WIRE_DTYPES = ("fp32", "fp16", "int8")
-
 
 def encode(x: torch.Tensor, wire_dtype: str) -> list[torch.Tensor]:
     """Turn an fp32 activation (batch, tokens, hidden) into the tensors to send."""

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from coinfer.vocab import EMBED, HEAD, block_name, stage_names
+
 
 @dataclass
 class ShardState:
@@ -83,7 +85,7 @@ class FamilyAdapter(ABC):
 
     def stage_names(self) -> list[str]:
         """``embed``, ``block.0`` .. ``block.{L-1}``, ``head``."""
-        return ["embed", *[f"block.{i}" for i in range(self.num_blocks)], "head"]
+        return stage_names(self.num_blocks)
 
     @abstractmethod
     def blocks(self) -> nn.ModuleList:
@@ -98,8 +100,8 @@ class FamilyAdapter(ABC):
         """The stage a state-dict entry belongs to, or None if it belongs to none."""
         bp = self.block_prefix + "."
         if tensor_name.startswith(bp):
-            return f"block.{int(tensor_name[len(bp):].split('.')[0])}"
-        for stage, mods in (("embed", self.embed_modules()), ("head", self.head_modules())):
+            return block_name(int(tensor_name[len(bp):].split('.')[0]))
+        for stage, mods in ((EMBED, self.embed_modules()), (HEAD, self.head_modules())):
             if any(tensor_name == p or tensor_name.startswith(p + ".") for p in mods):
                 return stage
         return None
