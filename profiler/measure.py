@@ -14,10 +14,8 @@ where they exist, otherwise from a power model times the latency, labelled ``est
 
 from __future__ import annotations
 
-import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +36,16 @@ from coinfer.profiler.hardware import (
     synchronizer,
     torch_dtype,
 )
-from coinfer.profiler.stats import is_noisy, median_iqr
+from coinfer.profiler.memory import run_peak, stage_peaks
+from coinfer.profiler.stats import is_noisy
+from coinfer.profiler.timing import (
+    DecodeState,
+    StagedRunner,
+    interleaved,
+    pass_coverage,
+    stage_replays,
+    timing_of,
+)
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.profile import (
     DecodeCost,
@@ -47,10 +54,9 @@ from coinfer.reports.profile import (
     PayloadBytes,
     Profile,
     StageProfile,
-    Timing,
     WholeModel,
 )
-from coinfer.vocab import EMBED, HEAD, WIRE_DTYPES, block_index, block_name, max_positions, stage_kind
+from coinfer.vocab import WIRE_DTYPES, block_index, block_name, max_positions, stage_kind
 
 DEFAULT_DECODE_CONTEXT = (128, 512, 2048)
 RESULT_ELEMENT_BYTES = 4  # encoders send their embedding back as fp32
@@ -184,33 +190,8 @@ def profile_loaded(
     import torch
 
     validate_options(opts)
-    ad = loaded.adapter
     notes = list(opts.notes)
-    max_pos = max_positions(ad.config)
-    if max_pos is not None and opts.seq_len > max_pos:
-        raise UserInputError(f"--seq-len {opts.seq_len} exceeds the model's {max_pos} positions")
-    contexts: list[int] = []
-    if ad.is_decoder:
-        if opts.decode_context is None:
-            fits = [c for c in DEFAULT_DECODE_CONTEXT if max_pos is None or c + 1 <= max_pos]
-            skipped = [c for c in DEFAULT_DECODE_CONTEXT if c not in fits]
-            if skipped and max_pos is not None:
-                # the longest context the positions allow stands in, so the profile spans the model's range
-                longest = max_pos - 1
-                notes.append(
-                    f"decode contexts {skipped} do not fit the model's {max_pos} positions "
-                    f"(the new token needs one); {longest} measured instead"
-                )
-                fits = sorted({*fits, longest})
-            contexts = fits
-        else:
-            too_long = [c for c in opts.decode_context if max_pos is not None and c + 1 > max_pos]
-            if too_long:
-                raise UserInputError(f"--decode-context {too_long} exceeds the model's {max_pos} positions")
-            contexts = sorted(set(opts.decode_context))
-    elif opts.decode_context:
-        notes.append("decode timing skipped: encoders have no decode step")
-
+    contexts = _decode_contexts(loaded.adapter, opts, notes)
     prev_threads = torch.get_num_threads()
     threads = opts.threads or physical_cores()
     torch.set_num_threads(threads)
@@ -229,125 +210,100 @@ def profile_loaded(
     return profile
 
 
-class _Marks:
-    """Timestamps at stage boundaries: wall clock on CPU, CUDA events on a GPU.
+def _decode_contexts(ad: Any, opts: ProfileOptions, notes: list[str]) -> list[int]:
+    """The decode contexts to time; checks that the prompt and every context fit the model's positions.
 
-    On CUDA an event is recorded at each boundary and the device is synchronised once at the
-    end, so timing does not stall the queue (a sync per stage would add launch gaps that the
-    unsplit model does not have and inflate the sum of stages).
+    Raises:
+        UserInputError: The prompt or an explicitly requested context is too long.
     """
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device == "cuda"
-        if self.cuda:
-            import torch
-
-            self._torch = torch
-
-    def start(self) -> list[Any]:
-        if self.cuda:
-            self._torch.cuda.synchronize()
-        return [self.mark()]
-
-    def mark(self) -> Any:
-        if self.cuda:
-            ev = self._torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def durations(self, marks: list[Any]) -> list[float]:
-        """Seconds between consecutive marks (synchronises CUDA first)."""
-        if self.cuda:
-            self._torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:], strict=False)]
-        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    max_pos = max_positions(ad.config)
+    if max_pos is not None and opts.seq_len > max_pos:
+        raise UserInputError(f"--seq-len {opts.seq_len} exceeds the model's {max_pos} positions")
+    if not ad.is_decoder:
+        if opts.decode_context:
+            notes.append("decode timing skipped: encoders have no decode step")
+        return []
+    if opts.decode_context is not None:
+        too_long = [c for c in opts.decode_context if max_pos is not None and c + 1 > max_pos]
+        if too_long:
+            raise UserInputError(f"--decode-context {too_long} exceeds the model's {max_pos} positions")
+        return sorted(set(opts.decode_context))
+    fits = [c for c in DEFAULT_DECODE_CONTEXT if max_pos is None or c + 1 <= max_pos]
+    skipped = [c for c in DEFAULT_DECODE_CONTEXT if c not in fits]
+    if skipped and max_pos is not None:
+        # the longest context the positions allow stands in, so the profile spans the model's range
+        longest = max_pos - 1
+        notes.append(
+            f"decode contexts {skipped} do not fit the model's {max_pos} positions "
+            f"(the new token needs one); {longest} measured instead"
+        )
+        fits = sorted({*fits, longest})
+    return fits
 
 
-class _Runner:
-    """Runs the model stage by stage or whole, with a timestamp at every stage boundary."""
+class _Phases:
+    """Progress through the profile's phases (GEMM peak, prefill, each decode context, energy)."""
 
-    def __init__(self, ad: Any, device: str, logits_to_keep: int) -> None:
-        self.ad, self.k = ad, logits_to_keep
-        self.marks = _Marks(device)
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
 
-    def staged(self, x: Any, state: Any, past: int, capture: list | None = None) -> list[float]:
-        """One pass; seconds per stage. ``capture`` receives each stage's input when given."""
-        ad, mk = self.ad, self.marks
-        marks = mk.start()
-        h = ad.embed(x, past)
-        marks.append(mk.mark())
-        if capture is not None:
-            capture.append(h)
-        # The shard's context (positions, masks, rotary) is charged to the first block after it.
-        ctx = ad.context(h, state, 0, None)
-        for i in range(ad.num_blocks):
-            h = ad.block(i, h, ctx)
-            marks.append(mk.mark())
-            if capture is not None:
-                capture.append(h)
-        ad.head(h, ctx, self.k)
-        marks.append(mk.mark())
-        return mk.durations(marks)
+    def report(self, what: str, frac: float = 0.0) -> None:
+        if self.progress:
+            self.progress(what, int(100 * (self.done + frac)), 100 * self.total)
 
-    def whole(self, x: Any, cache: Any) -> float:
-        """The unsplit model through the library's own forward; seconds."""
-        marks = self.marks.start()
-        self.ad.reference(x, None, cache, self.k)
-        marks.append(self.marks.mark())
-        return self.marks.durations(marks)[0]
+    def next(self, what: str) -> None:
+        self.done += 1
+        self.report(what)
 
 
-def _filled_cache(ad: Any, batch: int, context: int, dtype: Any, device: str) -> Any:
-    """A KV cache holding ``context`` tokens of random keys/values (timing does not depend on values)."""
-    import torch
+@dataclass
+class _Setup:
+    """What every step of one profile shares: the model, the options and the random inputs."""
 
-    cache = ad.new_cache()
-    gen = torch.Generator().manual_seed(1)
-    hd = ad.head_dim()
-    for i in range(ad.num_blocks):
-        _, kv = ad.attention_heads(i)
-        k = (torch.randn(batch, kv, context, hd, generator=gen) * 0.1).to(device=device, dtype=dtype)
-        v = (torch.randn(batch, kv, context, hd, generator=gen) * 0.1).to(device=device, dtype=dtype)
-        cache.update(k, v, i)
-    return cache
+    loaded: Any
+    opts: ProfileOptions
+    contexts: list[int]
+    dtype: Any  # the torch dtype of weights and activations
+    runner: StagedRunner
+    ids: Any = None  # the prompt, (batch, seq_len)
+    tok: Any = None  # one new token per sequence, (batch, 1)
 
+    @property
+    def ad(self) -> Any:
+        return self.loaded.adapter
 
-class _DecodeState:
-    """A cache holding ``context`` tokens; ``reset`` puts it back after a decode step.
-
-    Each layer's attributes are snapshotted once; a dynamic cache's update replaces its tensors
-    (it does not write into them), so restoring the snapshot undoes a step exactly and cheaply,
-    sliding-window layers included, and the cache object stays the same for any context that
-    holds it. If a step ever leaves the cache at a different length, it is rebuilt instead.
-    """
-
-    def __init__(self, ad: Any, batch: int, context: int, dtype: Any, device: str) -> None:
-        from coinfer.models.adapters.base import ShardState
-
-        self._make = lambda: _filled_cache(ad, batch, context, dtype, device)
-        self.context = context
-        self.state = ShardState(cache=self._make(), past_length=context)
-        self._snapshot()
-
-    def _snapshot(self) -> None:
-        layers = getattr(self.state.cache, "layers", None)
-        self._layers = [dict(vars(layer)) for layer in layers] if layers is not None else None
-        self._length = self.state.cache.get_seq_length()
-
-    def reset(self) -> None:
-        if self._layers is not None:
-            for layer, saved in zip(self.state.cache.layers, self._layers, strict=True):
-                vars(layer).update(saved)
-            if self.state.cache.get_seq_length() == self._length:
-                return
-        self.state.cache = self._make()
-        self._snapshot()
+    def interleaved(self, staged: Callable[[], list[float]], whole: Callable[[], float],
+                    reset: Callable[[], None] | None, report: Callable[[float], None]):
+        o = self.opts
+        return interleaved(staged, whole, reset, report, repeats=o.repeats, warmup=o.warmup,
+                           min_time_s=o.min_time_s, max_repeats=o.max_repeats)
 
 
-def _timing(samples_s: list[float]) -> Timing:
-    med, iqr = median_iqr([s * 1e3 for s in samples_s])
-    return Timing(median_ms=med, iqr_ms=iqr, repeats=len(samples_s))
+@dataclass
+class _Samples:
+    """Timed samples in seconds: per stage (a list per stage) and of the whole model."""
+
+    prefill_stages: list[list[float]]
+    prefill_whole: list[float]
+    decode_stages: dict[int, list[list[float]]] = field(default_factory=dict)
+    decode_whole: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Energy:
+    """Where energy figures come from, and the counter readings when a counter was read."""
+
+    source: str
+    power_w: float | None  # the power model of an estimate
+    measured: bool
+    prefill_j: dict[str, float] = field(default_factory=dict)
+    decode_j: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def of(self, stage: str, median_ms: float, context: int | None = None) -> float | None:
+        """A stage's energy: the counter's reading, else power x median latency, else None."""
+        if self.measured:
+            return self.prefill_j[stage] if context is None else self.decode_j[context][stage]
+        return self.power_w * median_ms / 1e3 if self.power_w else None
 
 
 def _measure(
@@ -359,392 +315,279 @@ def _measure(
     progress: Progress | None,
     accelerator: str | None,
 ) -> Profile:
+    """The profile's steps in order: GEMM peak, prefill, decode, memory, energy, assembly, notes."""
     import torch
 
-    from coinfer.models.adapters.base import ShardState
-    from coinfer.models.summary import stage_param_bytes
-
     ad = loaded.adapter
-    device, B, T, k = opts.device, opts.batch, opts.seq_len, opts.logits_to_keep
-    dt = torch_dtype(opts.dtype)
-    loaded.model.to(device=device, dtype=dt)
-    sync = synchronizer(device)
-    runner = _Runner(ad, device, k)
-    names = ad.stage_names()
+    device, B, T = opts.device, opts.batch, opts.seq_len
+    s = _Setup(loaded, opts, contexts, torch_dtype(opts.dtype), StagedRunner(ad, device, opts.logits_to_keep))
+    loaded.model.to(device=device, dtype=s.dtype)
     reader = open_hardware_reader(device) if opts.energy else None
-    phases = 2 + len(contexts) + (1 if reader else 0)  # GEMM, prefill, each context, energy
-    state = {"phase": 0, "what": "GEMM peak"}
+    phases = _Phases(progress, 2 + len(contexts) + (1 if reader else 0))
 
-    def report(what: str, frac: float = 0.0) -> None:
-        state["what"] = what
-        if progress:
-            progress(what, int(100 * (state["phase"] + frac)), 100 * phases)
-
-    def next_phase(what: str) -> None:
-        state["phase"] += 1
-        report(what)
-
-    report("GEMM peak")
-    peak = None
-    if opts.gemm:
-        peak, gemm_n = gemm_peak_flops_per_s(device, opts.dtype)
-        notes.append(f"GEMM peak: best of 3 square {opts.dtype} products of side {gemm_n}")
-    next_phase("prefill")
-
+    gemm_peak = _gemm_peak(opts, notes, phases)
     gen = torch.Generator().manual_seed(opts.seed)
-    ids = torch.randint(0, ad.vocab_size, (B, T), generator=gen).to(device)
+    s.ids = torch.randint(0, ad.vocab_size, (B, T), generator=gen).to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    # -- prefill: stages and the whole model, interleaved ------------------------------------
-    stage_samples, whole_samples = _interleaved(
-        lambda: runner.staged(ids, ad.new_state(), 0),
-        lambda: runner.whole(ids, ad.new_cache() if ad.is_decoder else None),
-        None,
-        opts,
-        lambda f: report("prefill", f),
-    )
-
-    # -- decode: one token with `context` tokens cached ----------------------------------------
-    tok = torch.randint(0, ad.vocab_size, (B, 1), generator=gen).to(device)
-    dec_stage: dict[int, list[list[float]]] = {}
-    dec_whole: dict[int, list[float]] = {}
-    for c in contexts:
-        next_phase(f"decode @ {c}")
-        ds = _DecodeState(ad, B, c, dt, device)
-        dec_stage[c], dec_whole[c] = _interleaved(
-            lambda ds=ds, c=c: runner.staged(tok, ds.state, c),
-            lambda ds=ds: runner.whole(tok, ds.state.cache),
-            ds.reset,
-            opts,
-            lambda f, c=c: report(f"decode @ {c}", f),
-        )
-        del ds
+    samples = _time_prefill(s, phases)
+    s.tok = torch.randint(0, ad.vocab_size, (B, 1), generator=gen).to(device)
+    _time_decode(s, samples, phases)
     if reader:
-        next_phase("energy")
-
-    # -- per-stage memory (CUDA) and captured inputs for energy windows -------------------------
-    stage_peak: dict[str, int] = {}
-    captured = []
-    runner.staged(ids, ShardState(cache=None), 0, capture=captured)
-    run_peak = int(torch.cuda.max_memory_allocated()) if device == "cuda" else 0  # before the resets
-    try:
-        stage_peak = _stage_peaks(ad, ids, k, device)
-    except Exception as exc:  # the profiler is optional machinery: report, do not fail the profile
-        notes.append(f"per-stage peak memory not measured: {type(exc).__name__}: {exc}")
-
-    # -- energy ---------------------------------------------------------------------------------
-    power_w = opts.power_w
+        phases.next("energy")
+    captured, stage_peak, cuda_run_peak = _capture_and_stage_peaks(s, notes)
+    energy = _energy_source(opts, reader, notes)
     if reader is not None:
-        energy_source = reader.source
-        window = opts.energy_window_s or reader.min_window_s
-        notes.append(
-            f"energy: {reader.source} counter over windows of at least {window:g} s of repeated stage "
-            "calls; whole-device figure (idle power and other processes included)"
-        )
-    elif power_w is not None:
-        energy_source = "estimate"
-        notes.append(f"energy: ESTIMATE = --power-w {power_w:g} W x median latency (no hardware counter read)")
-    elif device == "cpu" and (power_w := codecarbon_cpu_power_w()) is not None:
-        energy_source = "estimate"
-        notes.append(
-            f"energy: ESTIMATE = codecarbon's CPU power model ({power_w:g} W) x median latency (no hardware counter read)"
-        )
-    else:
-        energy_source = "none"
-        notes.append("energy: not measured (no hardware counter, no power model; give --power-w)")
+        _energy_windows(s, reader, captured, energy)
 
-    prefill_energy: dict[str, float] = {}
-    decode_energy: dict[int, dict[str, float]] = {}
-    if reader is not None:
-        window = opts.energy_window_s or reader.min_window_s
-        fns = _stage_callables(ad, ids, 0, ShardState(cache=None), captured, k, reset=None)
-        for name, fn in zip(names, fns, strict=True):
-            prefill_energy[name], _ = measure_window(reader, fn, sync, window, time.perf_counter)
-        for c in contexts:
-            ds = _DecodeState(ad, B, c, dt, device)
-            cap: list = []
-            runner.staged(tok, ds.state, c, capture=cap)
-            ds.reset()
-            fns = _stage_callables(ad, tok, c, ds.state, cap, k, reset=ds.reset)
-            decode_energy[c] = {}
-            for name, fn in zip(names, fns, strict=True):
-                decode_energy[c][name], _ = measure_window(reader, fn, sync, window, time.perf_counter)
-
-    # -- assemble -------------------------------------------------------------------------------
-    pflops = stage_flops(ad, B, T, 0, k)
-    dflops = {c: stage_flops(ad, B, 1, c, k) for c in contexts}
-    pbytes = stage_param_bytes(loaded)
-    el = torch.tensor([], dtype=dt).element_size()
-    d = ad.hidden_size
-    stages: list[StageProfile] = []
-    noisy_names: list[str] = []
-    for si, name in enumerate(names):
-        pre = _timing(stage_samples[si])
-        dec: list[DecodeCost] = []
-        for c in contexts:
-            tm = _timing(dec_stage[c][si])
-            e = decode_energy[c][name] if reader else (power_w * tm.median_ms / 1e3 if power_w else None)
-            dec.append(DecodeCost(context_tokens=c, timing=tm, flops=dflops[c][name], energy_j=e))
-        if reader:
-            pe = prefill_energy[name]
-        else:
-            pe = power_w * pre.median_ms / 1e3 if power_w else None
-        frac = None
-        if peak and pflops[name] > 0 and pre.median_ms > 0:
-            frac = pflops[name] / (pre.median_ms / 1e3) / peak
-        kind, b = stage_kind(name), block_index(name)
-        kv = ad.kv_cache_bytes_per_token(b, el) * B if b is not None else 0
-        payload = {
-            w: PayloadBytes(
-                prefill_bytes=0 if kind == "head" else activation_bytes(B, T, d, w),
-                per_token_bytes=0 if kind == "head" or not ad.is_decoder else activation_bytes(B, 1, d, w),
-            )
-            for w in WIRE_DTYPES
-        }
-        noisy = is_noisy(pre.median_ms, pre.iqr_ms) or any(is_noisy(x.timing.median_ms, x.timing.iqr_ms) for x in dec)
-        if noisy:
-            noisy_names.append(name)
-        stages.append(
-            StageProfile(
-                name=name,
-                stage_kind=kind,  # type: ignore[arg-type]
-                prefill=pre,
-                prefill_flops=pflops[name],
-                prefill_energy_j=pe,
-                decode=dec,
-                param_bytes=pbytes[name],
-                kv_cache_bytes_per_token=kv,
-                peak_memory_bytes=stage_peak.get(name),
-                achieved_flops_fraction=frac,
-                payload_after=payload,
-                noisy=noisy,
-            )
-        )
-
-    def pass_cov(per_stage: list[list[float]], whole: list[float]) -> float:
-        totals = [sum(t) for t in zip(*per_stage, strict=True)]
-        w = median_iqr(whole)[0]
-        return median_iqr(totals)[0] / w if w else 0.0
-
-    whole_pre = _timing(whole_samples)
-    whole_dec = [
-        DecodeCost(context_tokens=c, timing=_timing(dec_whole[c]), flops=sum(dflops[c].values())) for c in contexts
-    ]
-    pre_cov = sum(s.prefill.median_ms for s in stages) / whole_pre.median_ms if whole_pre.median_ms else 0.0
-    dec_cov = [
-        sum(s.decode[i].timing.median_ms for s in stages) / wd.timing.median_ms if wd.timing.median_ms else 0.0
-        for i, wd in enumerate(whole_dec)
-    ]
-
-    if loaded.identity.weights == "random":
-        notes.insert(0, "weights: random (a preset's shape with seeded random weights)")
-    if ad.is_decoder:
-        what = "the last position only (logits_to_keep=1), as in generation" if k == 1 else f"logits_to_keep={k}"
-        notes.append(f"head timed with logits for {what}")
-        notes.append("decode: KV cache filled with random keys/values of the right shape, restored after each step")
-    notes.append("context building (positions, masks, rotary) is charged to block.0")
-    if stage_peak:
-        how = "the CUDA allocator" if device == "cuda" else "torch.profiler's CPU allocation trace"
-        notes.append(f"stage peak_memory_bytes: prefill transient peak above the stage's start, from {how}")
-    notes.append("FLOPs: matrix products only; attention over the full new x all-keys rectangle")
-    if ad.family == "gpt2":
-        notes.append("GPT-2's tied embedding/LM-head weights are counted in both embed and head param_bytes")
-    if device == "cpu" and opts.dtype == "fp16":
-        notes.append("fp16 on CPU: runs, but most CPUs have no fp16 matrix units; bf16 or fp32 is usually faster")
-    if noisy_names:
-        notes.append(f"noisy (IQR/median > 10%): {', '.join(noisy_names)}")
-    if not 0.9 <= pre_cov <= 1.1:
-        notes.append(f"prefill coverage {pre_cov:.2f} is outside 0.9-1.1")
-    if device == "cpu":
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak_src = "ru_maxrss"
-    else:
-        peak_mem = max(run_peak, int(torch.cuda.max_memory_allocated()))
-        peak_src = "cuda_max_allocated"
-
-    context = MeasureContext(
-        machine=MachineInfo.here(accelerator=accelerator, libraries=True),
-        device=device,  # type: ignore[arg-type]
-        dtype=opts.dtype,  # type: ignore[arg-type]
-        threads=threads,
-        batch=B,
-        seq_len=T,
-        decode_context_tokens=contexts,
-        repeats=opts.repeats,
-        warmup=opts.warmup,
-        energy_source=energy_source,  # type: ignore[arg-type]
-        power_w=power_w if energy_source == "estimate" else None,
-        logits_to_keep=k if ad.is_decoder else None,
-        context_charged_to="block.0",
-        min_time_s=opts.min_time_s,
-    )
-    result_per = token_ids_bytes(B, 1) if ad.is_decoder else 0
-    result_pre = token_ids_bytes(B, 1) if ad.is_decoder else B * d * RESULT_ELEMENT_BYTES
+    pflops = stage_flops(ad, B, T, 0, opts.logits_to_keep)
+    dflops = {c: stage_flops(ad, B, 1, c, opts.logits_to_keep) for c in contexts}
+    stages = _stage_profiles(s, samples, energy, stage_peak, gemm_peak, pflops, dflops)
+    whole = _whole_model(s, samples, stages, dflops)
+    _closing_notes(s, notes, stages, whole, bool(stage_peak))
+    peak_mem, peak_src = run_peak(device, cuda_run_peak)
     return Profile(
         model=loaded.identity,
-        context=context,
+        context=_context(s, threads, energy, accelerator),
         stages=stages,
-        whole_model=WholeModel(
-            prefill=whole_pre,
-            decode=whole_dec,
-            prefill_coverage=pre_cov,
-            decode_coverage=dec_cov,
-            prefill_pass_coverage=pass_cov(stage_samples, whole_samples),
-            decode_pass_coverage=[pass_cov(dec_stage[c], dec_whole[c]) for c in contexts],
-        ),
+        whole_model=whole,
         input_payload=PayloadBytes(prefill_bytes=token_ids_bytes(B, T), per_token_bytes=token_ids_bytes(B, 1) if ad.is_decoder else 0),
-        result_payload=PayloadBytes(prefill_bytes=result_pre, per_token_bytes=result_per),
-        gemm_peak_flops_per_s=peak,
+        result_payload=_result_payload(ad, B),
+        gemm_peak_flops_per_s=gemm_peak,
         notes=notes,
         peak_memory_bytes=peak_mem,
         peak_memory_source=peak_src,
     )
 
 
-def _interleaved(
-    staged: Callable[[], list[float]],
-    whole: Callable[[], float],
-    reset: Callable[[], None] | None,
-    opts: ProfileOptions,
-    report: Callable[[float], None],
-) -> tuple[list[list[float]], list[float]]:
-    """Alternate staged and whole passes; per-stage and whole-model samples in seconds.
-
-    At least ``opts.repeats`` timed pairs, more for fast models until ``opts.min_time_s`` of timed
-    passes have run (a median of sub-millisecond stages needs many samples to be repeatable).
-    Python's garbage collector is paused while timing so a collection does not land in a stage.
-    """
-    import gc
-
-    stage_samples: list[list[float]] | None = None
-    whole_samples: list[float] = []
-    r = 0
-    spent = 0.0
-    target = opts.repeats
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        while r < opts.warmup + target:
-            timed = r >= opts.warmup
-            # alternate the order so neither side always runs first
-            for side in ((0, 1) if r % 2 == 0 else (1, 0)):
-                if side == 0:
-                    times = staged()
-                    if stage_samples is None:
-                        stage_samples = [[] for _ in times]
-                    if timed:
-                        for samples, t in zip(stage_samples, times, strict=True):
-                            samples.append(t)
-                        spent += sum(times)
-                else:
-                    t = whole()
-                    if timed:
-                        whole_samples.append(t)
-                        spent += t
-                if reset is not None:
-                    reset()
-            r += 1
-            if timed:
-                done = r - opts.warmup
-                per_pair = spent / done
-                if spent < opts.min_time_s and per_pair > 0:
-                    # more pairs for fast models, bounded so a tiny model cannot run forever
-                    want = min(opts.max_repeats, int(opts.min_time_s / per_pair) + 1)
-                    target = max(target, want)
-                report(min(1.0, done / target))
-    finally:
-        if gc_was:
-            gc.enable()
-    return stage_samples or [], whole_samples
+def _gemm_peak(opts: ProfileOptions, notes: list[str], phases: _Phases) -> float | None:
+    """The matrix-multiply peak in FLOP/s (None when not asked for)."""
+    phases.report("GEMM peak")
+    peak = None
+    if opts.gemm:
+        peak, gemm_n = gemm_peak_flops_per_s(opts.device, opts.dtype)
+        notes.append(f"GEMM peak: best of 3 square {opts.dtype} products of side {gemm_n}")
+    phases.next("prefill")
+    return peak
 
 
-def _stage_callables(
-    ad: Any, x: Any, past: int, state: Any, captured: list, k: int, reset: Callable[[], None] | None
-) -> list[Callable[[], Any]]:
-    """One callable per stage that re-runs it on its captured input (for energy windows)."""
-    fns: list[Callable[[], Any]] = [lambda: ad.embed(x, past)]
-    ctx = ad.context(captured[0], state, 0, None)
-    after = reset or (lambda: None)
-
-    def first_block(i: int = 0) -> Any:
-        out = ad.block(i, captured[i], ad.context(captured[0], state, 0, None))
-        after()
-        return out
-
-    def block(i: int) -> Any:
-        out = ad.block(i, captured[i], ctx)
-        after()
-        return out
-
-    for i in range(ad.num_blocks):
-        fns.append(first_block if i == 0 else (lambda i=i: block(i)))
-    if ad.num_blocks:
-        fns.append(lambda: ad.head(captured[-1], ctx, k))
-    else:
-        fns.append(lambda: ad.head(captured[-1], ad.context(captured[0], state, 0, None), k))
-    return fns
+def _time_prefill(s: _Setup, phases: _Phases) -> _Samples:
+    """Prefill of the prompt: stages and the whole model, interleaved."""
+    ad, runner = s.ad, s.runner
+    stages, whole = s.interleaved(
+        lambda: runner.staged(s.ids, ad.new_state(), 0),
+        lambda: runner.whole(s.ids, ad.new_cache() if ad.is_decoder else None),
+        None,
+        lambda f: phases.report("prefill", f),
+    )
+    return _Samples(stages, whole)
 
 
-def _cuda_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``fn``; its CUDA memory peak above what was allocated when it started."""
+def _time_decode(s: _Setup, samples: _Samples, phases: _Phases) -> None:
+    """One new token with ``context`` tokens cached, for every context; the cache is restored each step."""
+    runner = s.runner
+    for c in s.contexts:
+        phases.next(f"decode @ {c}")
+        ds = DecodeState(s.ad, s.opts.batch, c, s.dtype, s.opts.device)
+        samples.decode_stages[c], samples.decode_whole[c] = s.interleaved(
+            lambda ds=ds, c=c: runner.staged(s.tok, ds.state, c),
+            lambda ds=ds: runner.whole(s.tok, ds.state.cache),
+            ds.reset,
+            lambda f, c=c: phases.report(f"decode @ {c}", f),
+        )
+        del ds
+
+
+def _capture_and_stage_peaks(s: _Setup, notes: list[str]) -> tuple[list, dict[str, int], int]:
+    """(each stage's prefill input, per-stage memory peaks, the CUDA run peak before they reset it)."""
     import torch
 
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    res = fn()
-    torch.cuda.synchronize()
-    return res, max(0, int(torch.cuda.max_memory_allocated()) - base)
-
-
-@contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null for the duration (C++ logging bypasses Python)."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _cpu_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``fn`` under torch's profiler; the peak of its running sum of CPU allocations and frees."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with _stderr_silenced():  # the profiler's C++ side logs start/stop lines on fd 2
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            res = fn()
-    current = peak = 0
-    for ev in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += ev.self_cpu_memory_usage  # self: children are events of their own
-        peak = max(peak, current)
-    return res, int(peak)
-
-
-def _stage_peaks(ad: Any, ids: Any, k: int, device: str) -> dict[str, int]:
-    """Per stage, the prefill memory peak above what was allocated when it started (a stateless pass)."""
     from coinfer.models.adapters.base import ShardState
 
-    measure = _cuda_peak if device == "cuda" else _cpu_peak
-    out: dict[str, int] = {}
-    state = ShardState(cache=None)
-    h, out[EMBED] = measure(lambda: ad.embed(ids, 0))
-    ctx = ad.context(h, state, 0, None) if ad.num_blocks == 0 else None
-    for i in range(ad.num_blocks):
+    captured: list = []
+    s.runner.staged(s.ids, ShardState(cache=None), 0, capture=captured)
+    cuda_run_peak = int(torch.cuda.max_memory_allocated()) if s.opts.device == "cuda" else 0
+    peaks: dict[str, int] = {}
+    try:
+        peaks = stage_peaks(s.ad, s.ids, s.opts.logits_to_keep, s.opts.device)
+    except Exception as exc:  # the profiler is optional machinery: report, do not fail the profile
+        notes.append(f"per-stage peak memory not measured: {type(exc).__name__}: {exc}")
+    return captured, peaks, cuda_run_peak
 
-        def step(i: int = i, h: Any = h, ctx: Any = ctx) -> tuple[Any, Any]:
-            c = ad.context(h, state, 0, None) if i == 0 else ctx  # charged to block.0
-            return c, ad.block(i, h, c)
 
-        (ctx, h), out[block_name(i)] = measure(step)
-    _, out[HEAD] = measure(lambda: ad.head(h, ctx, k))
+def _energy_source(opts: ProfileOptions, reader: Any, notes: list[str]) -> _Energy:
+    """A hardware counter, else the --power-w model, else codecarbon's CPU model, else none."""
+    power_w = opts.power_w
+    if reader is not None:
+        window = opts.energy_window_s or reader.min_window_s
+        notes.append(
+            f"energy: {reader.source} counter over windows of at least {window:g} s of repeated stage "
+            "calls; whole-device figure (idle power and other processes included)"
+        )
+        return _Energy(reader.source, power_w, measured=True)
+    if power_w is not None:
+        notes.append(f"energy: ESTIMATE = --power-w {power_w:g} W x median latency (no hardware counter read)")
+        return _Energy("estimate", power_w, measured=False)
+    if opts.device == "cpu" and (power_w := codecarbon_cpu_power_w()) is not None:
+        notes.append(
+            f"energy: ESTIMATE = codecarbon's CPU power model ({power_w:g} W) x median latency (no hardware counter read)"
+        )
+        return _Energy("estimate", power_w, measured=False)
+    notes.append("energy: not measured (no hardware counter, no power model; give --power-w)")
+    return _Energy("none", None, measured=False)
+
+
+def _energy_windows(s: _Setup, reader: Any, captured: list, energy: _Energy) -> None:
+    """Read the counter over windows of repeated calls of each stage, prefill and every decode context."""
+    from coinfer.models.adapters.base import ShardState
+
+    ad, k, names = s.ad, s.opts.logits_to_keep, s.ad.stage_names()
+    sync = synchronizer(s.opts.device)
+    window = s.opts.energy_window_s or reader.min_window_s
+    fns = stage_replays(ad, s.ids, 0, ShardState(cache=None), captured, k, reset=None)
+    for name, fn in zip(names, fns, strict=True):
+        energy.prefill_j[name], _ = measure_window(reader, fn, sync, window, time.perf_counter)
+    for c in s.contexts:
+        ds = DecodeState(ad, s.opts.batch, c, s.dtype, s.opts.device)
+        cap: list = []
+        s.runner.staged(s.tok, ds.state, c, capture=cap)
+        ds.reset()
+        fns = stage_replays(ad, s.tok, c, ds.state, cap, k, reset=ds.reset)
+        energy.decode_j[c] = {}
+        for name, fn in zip(names, fns, strict=True):
+            energy.decode_j[c][name], _ = measure_window(reader, fn, sync, window, time.perf_counter)
+
+
+def _stage_profiles(
+    s: _Setup,
+    samples: _Samples,
+    energy: _Energy,
+    stage_peak: dict[str, int],
+    gemm_peak: float | None,
+    pflops: dict[str, float],
+    dflops: dict[int, dict[str, float]],
+) -> list[StageProfile]:
+    """One :class:`StageProfile` per stage from the samples, energy, FLOPs, weights and payloads."""
+    import torch
+
+    from coinfer.models.summary import stage_param_bytes
+
+    ad, B = s.ad, s.opts.batch
+    pbytes = stage_param_bytes(s.loaded)
+    el = torch.tensor([], dtype=s.dtype).element_size()
+    out = []
+    for si, name in enumerate(ad.stage_names()):
+        pre = timing_of(samples.prefill_stages[si])
+        dec = []
+        for c in s.contexts:
+            tm = timing_of(samples.decode_stages[c][si])
+            dec.append(DecodeCost(context_tokens=c, timing=tm, flops=dflops[c][name], energy_j=energy.of(name, tm.median_ms, c)))
+        frac = None
+        if gemm_peak and pflops[name] > 0 and pre.median_ms > 0:
+            frac = pflops[name] / (pre.median_ms / 1e3) / gemm_peak
+        b = block_index(name)
+        out.append(
+            StageProfile(
+                name=name,
+                stage_kind=stage_kind(name),
+                prefill=pre,
+                prefill_flops=pflops[name],
+                prefill_energy_j=energy.of(name, pre.median_ms),
+                decode=dec,
+                param_bytes=pbytes[name],
+                kv_cache_bytes_per_token=ad.kv_cache_bytes_per_token(b, el) * B if b is not None else 0,
+                peak_memory_bytes=stage_peak.get(name),
+                achieved_flops_fraction=frac,
+                payload_after=_payloads_after(name, ad, B, s.opts.seq_len),
+                noisy=is_noisy(pre.median_ms, pre.iqr_ms) or any(is_noisy(x.timing.median_ms, x.timing.iqr_ms) for x in dec),
+            )
+        )
     return out
+
+
+def _payloads_after(stage: str, ad: Any, batch: int, tokens: int) -> dict[str, PayloadBytes]:
+    """What crosses a cut right after ``stage``, per wire dtype (nothing after the head)."""
+    last = stage_kind(stage) == "head"
+    d = ad.hidden_size
+    return {
+        w: PayloadBytes(
+            prefill_bytes=0 if last else activation_bytes(batch, tokens, d, w),
+            per_token_bytes=0 if last or not ad.is_decoder else activation_bytes(batch, 1, d, w),
+        )
+        for w in WIRE_DTYPES
+    }
+
+
+def _result_payload(ad: Any, batch: int) -> PayloadBytes:
+    """What the server sends back: one token id per sequence, or an encoder's fp32 embedding."""
+    if ad.is_decoder:
+        return PayloadBytes(prefill_bytes=token_ids_bytes(batch, 1), per_token_bytes=token_ids_bytes(batch, 1))
+    return PayloadBytes(prefill_bytes=batch * ad.hidden_size * RESULT_ELEMENT_BYTES, per_token_bytes=0)
+
+
+def _whole_model(s: _Setup, samples: _Samples, stages: list[StageProfile], dflops: dict[int, dict[str, float]]) -> WholeModel:
+    """The unsplit model's timings and how well the stages add up to them (coverage)."""
+    whole_pre = timing_of(samples.prefill_whole)
+    whole_dec = [
+        DecodeCost(context_tokens=c, timing=timing_of(samples.decode_whole[c]), flops=sum(dflops[c].values()))
+        for c in s.contexts
+    ]
+    pre_cov = sum(st.prefill.median_ms for st in stages) / whole_pre.median_ms if whole_pre.median_ms else 0.0
+    dec_cov = [
+        sum(st.decode[i].timing.median_ms for st in stages) / wd.timing.median_ms if wd.timing.median_ms else 0.0
+        for i, wd in enumerate(whole_dec)
+    ]
+    return WholeModel(
+        prefill=whole_pre,
+        decode=whole_dec,
+        prefill_coverage=pre_cov,
+        decode_coverage=dec_cov,
+        prefill_pass_coverage=pass_coverage(samples.prefill_stages, samples.prefill_whole),
+        decode_pass_coverage=[pass_coverage(samples.decode_stages[c], samples.decode_whole[c]) for c in s.contexts],
+    )
+
+
+def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whole: WholeModel, stage_peaks_measured: bool) -> None:
+    """The caveats a reader of the profile needs: weights, head, decode cache, memory, FLOPs, noise, coverage."""
+    ad, k, device = s.ad, s.opts.logits_to_keep, s.opts.device
+    if s.loaded.identity.weights == "random":
+        notes.insert(0, "weights: random (a preset's shape with seeded random weights)")
+    if ad.is_decoder:
+        what = "the last position only (logits_to_keep=1), as in generation" if k == 1 else f"logits_to_keep={k}"
+        notes.append(f"head timed with logits for {what}")
+        notes.append("decode: KV cache filled with random keys/values of the right shape, restored after each step")
+    notes.append("context building (positions, masks, rotary) is charged to block.0")
+    if stage_peaks_measured:
+        how = "the CUDA allocator" if device == "cuda" else "torch.profiler's CPU allocation trace"
+        notes.append(f"stage peak_memory_bytes: prefill transient peak above the stage's start, from {how}")
+    notes.append("FLOPs: matrix products only; attention over the full new x all-keys rectangle")
+    if ad.family == "gpt2":
+        notes.append("GPT-2's tied embedding/LM-head weights are counted in both embed and head param_bytes")
+    if device == "cpu" and s.opts.dtype == "fp16":
+        notes.append("fp16 on CPU: runs, but most CPUs have no fp16 matrix units; bf16 or fp32 is usually faster")
+    noisy_names = [st.name for st in stages if st.noisy]
+    if noisy_names:
+        notes.append(f"noisy (IQR/median > 10%): {', '.join(noisy_names)}")
+    if not 0.9 <= whole.prefill_coverage <= 1.1:
+        notes.append(f"prefill coverage {whole.prefill_coverage:.2f} is outside 0.9-1.1")
+
+
+def _context(s: _Setup, threads: int, energy: _Energy, accelerator: str | None) -> MeasureContext:
+    """How the measurement was taken."""
+    o = s.opts
+    return MeasureContext(
+        machine=MachineInfo.here(accelerator=accelerator, libraries=True),
+        device=o.device,  # type: ignore[arg-type]
+        dtype=o.dtype,  # type: ignore[arg-type]
+        threads=threads,
+        batch=o.batch,
+        seq_len=o.seq_len,
+        decode_context_tokens=s.contexts,
+        repeats=o.repeats,
+        warmup=o.warmup,
+        energy_source=energy.source,  # type: ignore[arg-type]
+        power_w=energy.power_w if energy.source == "estimate" else None,
+        logits_to_keep=o.logits_to_keep if s.ad.is_decoder else None,
+        context_charged_to=block_name(0),
+        min_time_s=o.min_time_s,
+    )

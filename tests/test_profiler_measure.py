@@ -11,11 +11,11 @@ from coinfer.models.loading import build_from_config
 from coinfer.profiler import measure
 from coinfer.profiler.measure import (
     ProfileOptions,
-    _DecodeState,
     parse_context_list,
     profile_loaded,
     run_profile,
 )
+from coinfer.profiler.timing import DecodeState
 from coinfer.reports import Profile, load_document, write_json
 
 TINY = {
@@ -114,7 +114,7 @@ def test_other_decoders_profile(family):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
 def test_decode_context_stays_fixed(family):
     ad = build_from_config(TINY[family], name="t").adapter
-    ds = _DecodeState(ad, 1, 10, torch.float32, "cpu")
+    ds = DecodeState(ad, 1, 10, torch.float32, "cpu")
     cache = ds.state.cache
     fresh = cache.get_seq_length()
     keys0 = cache.layers[1].keys.clone()
@@ -254,7 +254,7 @@ def test_medians_coverage_and_noise_from_known_timings(monkeypatch):
         def whole(self, x, cache):
             return 0.030
 
-    monkeypatch.setattr(measure, "_Runner", FakeRunner)
+    monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
     p = profile_loaded(build_from_config(TINY["llama"], name="t"), quick(repeats=5, warmup=0, decode_context=[4]))
     # 5 stages, 5 passes: every stage gets one spike, so each median is the clean value, IQR 0
     assert [s.prefill.median_ms for s in p.stages] == pytest.approx([1, 2, 3, 4, 5])
@@ -283,7 +283,7 @@ def test_noisy_stage_is_flagged(monkeypatch):
         def whole(self, x, cache):
             return 0.010
 
-    monkeypatch.setattr(measure, "_Runner", FakeRunner)
+    monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
     p = profile_loaded(build_from_config(TINY["bert"], name="t"), quick(repeats=4, warmup=0))
     b0 = p.stages[1]
     assert b0.prefill.median_ms == pytest.approx(2.5) and b0.prefill.iqr_ms == pytest.approx(1.5)
