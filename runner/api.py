@@ -8,22 +8,15 @@ measured phase next to the plan's prediction.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coinfer.errors import UserInputError
-from coinfer.reports.common import MachineInfo, ModelIdentity
-from coinfer.reports.run import (
-    ChainMember,
-    ExportedShards,
-    LinkEmulation,
-    Measured,
-    PhaseTiming,
-    RunResult,
-    Traffic,
-)
+from coinfer.reports.common import MachineInfo
+from coinfer.reports.run import ChainMember, ExportedShards, LinkEmulation, RunResult
+from coinfer.runner.outcome import DeviceOutcome, RequestRecord, phase_timings, traffic
+from coinfer.runner.predict import Prediction
 from coinfer.vocab import check_wire_dtype, cut_name, max_positions
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -119,23 +112,26 @@ def _set_threads(threads: int) -> None:
 
 # -- device role ----------------------------------------------------------------------------------
 def device_outcome(*, model: str, seed: int, loaded: Any = None, **kw: Any) -> dict[str, Any]:
-    """Run the device role and return a JSON-able outcome (used in-process and in a child)."""
+    """Run the device role and return its outcome as JSON (what a device child process writes)."""
+    return run_device(model=model, seed=seed, loaded=loaded, **kw).model_dump(mode="json")
+
+
+def run_device(*, model: str, seed: int, loaded: Any = None, **kw: Any) -> DeviceOutcome:
+    """Run the device role (loading ``model`` unless ``loaded`` is given) and return what it measured."""
     if loaded is None:
         from coinfer.models.loading import load_model
 
         loaded = load_model(model, seed=seed)
-    return _device_outcome(loaded, **kw)
+    return _device_run(loaded, **kw)
 
 
-def _device_outcome(loaded: Any, *, bounds: list[int], members: list[list[Any]], input_ids: list[list[int]],
-                    attention_mask: list[list[int]] | None, new_tokens: int, wire_dtype: str, runs: int,
-                    rtt_ms: float, timeout_s: float, threads: int, check: bool,
-                    shards: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], input_ids: list[list[int]],
+                attention_mask: list[list[int]] | None, new_tokens: int, wire_dtype: str, runs: int,
+                rtt_ms: float, timeout_s: float, threads: int, check: bool,
+                shards: dict[str, list[str]] | None = None) -> DeviceOutcome:
     import torch
 
-    from coinfer.models.shards import generate_greedy, shard_range
     from coinfer.runner.device import run_device_session
-    from coinfer.runner.engine import sentence_embedding
 
     _set_threads(threads)
     ids = torch.tensor(input_ids, dtype=torch.int64)
@@ -149,34 +145,45 @@ def _device_outcome(loaded: Any, *, bounds: list[int], members: list[list[Any]],
                              wire_dtype, runs, rtt_ms, timeout_s, device_shard=dev_shard,
                              server_shard_sha256=shards["server"][1] if shards else None)
     out = run.records[0].output
-    tokens = out.tolist() if loaded.is_decoder else None
-    matches, diff = None, None
-    if check:
-        with torch.no_grad():
-            # Exported shards are checked against themselves run in one process (pruning changes
-            # the output on purpose); otherwise against the unsplit model.
-            if shards:
-                whole_chain = [dev_shard, load_shard(*shards["server"])]
-            else:
-                whole_chain = [shard_range(loaded, 0, loaded.adapter.num_blocks + 2)]
-            if loaded.is_decoder:
-                matches = bool(torch.equal(generate_greedy(whole_chain, ids, new_tokens + 1), out))
-            else:
-                h: Any = ids
-                for sh in whole_chain:
-                    h = sh(h, sh.new_state(), mask)
-                ref = sentence_embedding(h.last_hidden_state, mask)
-                diff = float((ref - out).abs().max())
-                matches = diff == 0.0
-    return {
-        "identity": loaded.identity.model_dump(mode="json"),
-        "records": [{"compute_ms": r.compute_ms, "end_to_end_ms": r.end_to_end_ms, "sent_bytes": r.sent_bytes}
-                    for r in run.records],
-        "members": [m.model_dump(mode="json") for m in run.member_reports],
-        "tokens": tokens,
-        "matches_unsplit": matches,
-        "max_abs_diff": diff,
-    }
+    matches, diff = _check_output(loaded, out, ids, mask, new_tokens, dev_shard, shards) if check else (None, None)
+    return DeviceOutcome(
+        identity=loaded.identity,
+        records=[RequestRecord(compute_ms=r.compute_ms, end_to_end_ms=r.end_to_end_ms, sent_bytes=r.sent_bytes)
+                 for r in run.records],
+        members=run.member_reports,
+        tokens=out.tolist() if loaded.is_decoder else None,
+        matches_unsplit=matches,
+        max_abs_diff=diff,
+    )
+
+
+def _check_output(loaded: Any, out: Any, ids: Any, mask: Any, new_tokens: int, dev_shard: Any,
+                  shards: dict[str, list[str]] | None) -> tuple[bool, float | None]:
+    """(identical to the reference, encoders' max |difference|) for the split run's output.
+
+    Exported shards are checked against themselves run in one process (pruning changes the
+    output on purpose); otherwise the reference is the unsplit model.
+    """
+    import torch
+
+    from coinfer.models.shards import generate_greedy, shard_range
+    from coinfer.runner.engine import sentence_embedding
+
+    with torch.no_grad():
+        if shards:
+            from coinfer.models.shard_io import load_shard
+
+            whole_chain = [dev_shard, load_shard(*shards["server"])]
+        else:
+            whole_chain = [shard_range(loaded, 0, loaded.adapter.num_blocks + 2)]
+        if loaded.is_decoder:
+            return bool(torch.equal(generate_greedy(whole_chain, ids, new_tokens + 1), out)), None
+        h: Any = ids
+        for sh in whole_chain:
+            h = sh(h, sh.new_state(), mask)
+        ref = sentence_embedding(h.last_hidden_state, mask)
+        diff = float((ref - out).abs().max())
+        return diff == 0.0, diff
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -268,16 +275,74 @@ def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, l
     return files
 
 
-def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = True) -> RunResult:
-    from coinfer.models.loading import load_model
-    from coinfer.models.payload import activation_bytes, token_ids_bytes
-    from coinfer.reports.io import check_writable, file_sha256, load_document, write_json
-    from coinfer.reports.plan import InputFile, Plan
-    from coinfer.runner import predict
-    from coinfer.runner.linkemu import parse_duration_ms, parse_rate_bps
-    from coinfer.runner.transport import TRANSPORT_NAME
 
-    # -- validate everything before any work ------------------------------------------------
+
+@dataclass
+class _Setup:
+    """A device-side run as resolved from the options, the plan and the prune report, step by step."""
+
+    opts: RunOptions
+    threads: int
+    plan: Any  # the Plan, or None
+    rate_bps: float | None
+    rtt_ms: float
+    wire_dtype: str
+    spec: str = ""
+    cut: int = 0
+    chain_cuts: list[int] | None = None
+    chain_plan: bool = False
+    shards: dict[str, list[str]] | None = None
+    shard_cut: int | None = None
+    dev_cfg: Any = None  # the exported device shard's config
+    prompt_tokens: int = 0
+    # known once the model is loaded
+    loaded: Any = None
+    new_tokens: int = 0
+    bounds: list[int] = field(default_factory=list)
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def n_members(self) -> int:
+        """Processes after the device: relays and the server."""
+        return len(self.bounds) - 2
+
+
+def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = True) -> RunResult:
+    """Validate everything, load the model, predict, run, and put measurements beside predictions."""
+    from coinfer.models.loading import load_model
+    from coinfer.reports.io import write_json
+
+    s = _resolve_link(opts)
+    _resolve_cut(s)
+    s.loaded = load_model(s.spec, seed=opts.seed)
+    _fit_model(s)
+    prediction, notes = _prediction(s)
+    ids, mask = _prompt(s.loaded.adapter.vocab_size, opts.batch, s.prompt_tokens, opts.seed, opts.ragged,
+                        s.loaded.adapter.is_decoder)
+    request = dict(bounds=s.bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
+                   new_tokens=s.new_tokens, wire_dtype=s.wire_dtype, runs=opts.warmup + opts.repeats,
+                   rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards)
+    link = LinkEmulation(rate_bps=s.rate_bps, rtt_ms=s.rtt_ms, rtt_emulated_at_transport=s.rtt_ms > 0)
+    if opts.role == "device":
+        on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in s.addresses]})
+        outcome = run_device(model=s.spec, seed=opts.seed, loaded=s.loaded, members=[list(a) for a in s.addresses],
+                             **request)
+        addr_text: list[str | None] = [f"{h}:{p}" for h, p in s.addresses]
+    else:
+        outcome, addr_text = _run_local(s.spec, opts, s.loaded, request, s.n_members, s.rate_bps, link, on_event)
+    notes += _run_notes(s, mask is not None, passive_omp)
+    result = _result(s, outcome.after_warmup(opts.warmup), prediction, link, addr_text, notes)
+    if opts.out is not None:
+        write_json(result, opts.out)
+    return result
+
+
+def _resolve_link(opts: RunOptions) -> _Setup:
+    """Check the options that need no model; read the plan, the emulated link and the wire dtype."""
+    from coinfer.reports.io import check_writable, load_document
+    from coinfer.reports.plan import Plan
+    from coinfer.runner.linkemu import parse_duration_ms, parse_rate_bps
+
     if opts.out is not None:
         check_writable(opts.out)
     threads = opts.threads if opts.threads is not None else _default_threads()
@@ -290,163 +355,188 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
         raise UserInputError("--emulate-rate shapes a local namespace; use it without --role (both roles local)")
     if opts.role == "device" and not opts.server:
         raise UserInputError("--role device needs --server HOST:PORT")
-    wire_dtype = opts.wire_dtype or (plan.link.wire_dtype if plan else "fp32")
-    check_wire_dtype(wire_dtype)
+    wire_dtype = check_wire_dtype(opts.wire_dtype or (plan.link.wire_dtype if plan else "fp32"))
+    return _Setup(opts, threads, plan, rate_bps, rtt_ms, wire_dtype)
+
+
+def _resolve_cut(s: _Setup) -> None:
+    """The model, the cut (or chain of cuts), exported shards and the prompt length."""
+    from coinfer.runner import predict
+
+    opts, plan = s.opts, s.plan
     spec = opts.model or (plan.model.name if plan else None)
     if spec is None:
         raise UserInputError("give --model or --plan")
+    s.spec = spec
     if opts.chain_cuts and opts.cut is not None:
         raise UserInputError("give --cut or --chain-cuts, not both")
-    chain_cuts = opts.chain_cuts
-    chain_plan = plan is not None and plan.best is None and plan.chain is not None
-    if chain_plan and chain_cuts is None and opts.cut is None:
-        chain_cuts = predict.chain_from_plan(plan, opts.plan)[0]
-    cut = chain_cuts[0] if chain_cuts else opts.cut
-    shards = _resolve_shards(opts.prune_report, opts.ratio)
-    shard_cut, dev_cfg = None, None
-    if shards is not None:
+    s.chain_cuts = opts.chain_cuts
+    s.chain_plan = plan is not None and plan.best is None and plan.chain is not None
+    if s.chain_plan and s.chain_cuts is None and opts.cut is None:
+        s.chain_cuts = predict.chain_from_plan(plan, opts.plan)[0]
+    cut = s.chain_cuts[0] if s.chain_cuts else opts.cut
+    s.shards = _resolve_shards(opts.prune_report, opts.ratio)
+    if s.shards is not None:
         from coinfer.models.shard_io import read_shard_config
 
-        dev_cfg = read_shard_config(*shards["device"])  # sha256-checked
-        shard_cut = dev_cfg.end
+        s.dev_cfg = read_shard_config(*s.shards["device"])  # sha256-checked
+        s.shard_cut = s.dev_cfg.end
         if opts.chain_cuts:
             raise UserInputError("exported shards are a device/server pair; they do not form a chain")
         if cut is None:
-            cut = shard_cut
+            cut = s.shard_cut
     if cut is None:
         if plan is None or plan.best is None:
             raise UserInputError("give --cut (or --plan with a best candidate)")
         cut = plan.best.cut
-    prompt_tokens = opts.prompt_tokens or (plan.prompt_tokens if plan else DEFAULT_PROMPT_TOKENS)
+    s.cut = cut
+    s.prompt_tokens = opts.prompt_tokens or (plan.prompt_tokens if plan else DEFAULT_PROMPT_TOKENS)
     if opts.prompt_tokens is not None and opts.prompt_tokens < 1:
         raise UserInputError("--prompt-tokens must be >= 1")
 
-    loaded = load_model(spec, seed=opts.seed)
-    ident, ad = loaded.identity, loaded.adapter
-    if dev_cfg is not None and not dev_cfg.model.same_architecture(ident):
-        raise UserInputError(f"--prune-report {opts.prune_report} exported shards of {dev_cfg.model.name}, not {spec}")
-    if plan is not None and not plan.model.same_architecture(ident):
-        raise UserInputError(f"--plan {opts.plan} is for {plan.model.name} ({plan.model.config_sha256[:12]}), not {spec}")
-    new_tokens = opts.new_tokens if opts.new_tokens is not None else (plan.new_tokens if plan else DEFAULT_NEW_TOKENS)
+
+def _fit_model(s: _Setup) -> None:
+    """Check the loaded model against the plan and shards; fix generated tokens, stage bounds and addresses."""
+    opts, ident, ad = s.opts, s.loaded.identity, s.loaded.adapter
+    if s.dev_cfg is not None and not s.dev_cfg.model.same_architecture(ident):
+        raise UserInputError(f"--prune-report {opts.prune_report} exported shards of {s.dev_cfg.model.name}, not {s.spec}")
+    if s.plan is not None and not s.plan.model.same_architecture(ident):
+        raise UserInputError(f"--plan {opts.plan} is for {s.plan.model.name} ({s.plan.model.config_sha256[:12]}), not {s.spec}")
+    new_tokens = opts.new_tokens if opts.new_tokens is not None else (s.plan.new_tokens if s.plan else DEFAULT_NEW_TOKENS)
     if not ad.is_decoder:
         new_tokens = 0
     elif new_tokens < 0:
         raise UserInputError("--new-tokens must not be negative")
+    s.new_tokens = new_tokens
     total = ad.num_blocks + 2
-    bounds = [0, *(chain_cuts or [cut])]
+    bounds = [0, *(s.chain_cuts or [s.cut])]
     if bounds[-1] != total:
         bounds.append(total)
     if any(b < 0 or b > total for b in bounds) or any(x >= y for x, y in zip(bounds[1:], bounds[2:], strict=False)):
         raise UserInputError(f"cut(s) {bounds[1:-1]}: expected increasing stage counts in 0..{total} for {ident.num_blocks} blocks")
     if len(bounds) > 17:
         raise UserInputError("a chain has at most 16 parts")
-    if shard_cut is not None and cut != shard_cut:
-        raise UserInputError(f"the exported shards split at cut {shard_cut}, not {cut}")
-    limit = max_positions(loaded.model.config)
-    if limit is not None and prompt_tokens + new_tokens > limit:
-        raise UserInputError(f"--prompt-tokens + --new-tokens = {prompt_tokens + new_tokens} exceeds the model's {limit} positions")
-    n_members = len(bounds) - 2
+    if s.shard_cut is not None and s.cut != s.shard_cut:
+        raise UserInputError(f"the exported shards split at cut {s.shard_cut}, not {s.cut}")
+    limit = max_positions(s.loaded.model.config)
+    if limit is not None and s.prompt_tokens + new_tokens > limit:
+        raise UserInputError(f"--prompt-tokens + --new-tokens = {s.prompt_tokens + new_tokens} exceeds the model's {limit} positions")
+    s.bounds = bounds
     if opts.role == "device":
         from coinfer.runner.server import parse_hostport
 
-        addresses = [parse_hostport(v, "--via") for v in opts.via] + [parse_hostport(opts.server, "--server")]
-        if len(addresses) != n_members:
-            raise UserInputError(f"cuts {bounds[1:-1]} need {n_members} server(s): --via for each relay, then --server")
+        s.addresses = [parse_hostport(v, "--via") for v in opts.via] + [parse_hostport(opts.server, "--server")]
+        if len(s.addresses) != s.n_members:
+            raise UserInputError(f"cuts {bounds[1:-1]} need {s.n_members} server(s): --via for each relay, then --server")
+
+
+def _prediction(s: _Setup) -> tuple[Prediction | None, list[str]]:
+    """What the plan (or the profiles, through the planner's cost model) predicts, and why not when it cannot."""
+    from coinfer.runner import predict
+
+    opts, plan = s.opts, s.plan
     prediction, notes = None, []
-    if chain_plan:
+    if s.chain_plan:
         planned_cuts, chain_pred = predict.chain_from_plan(plan, opts.plan)
-        if chain_cuts == planned_cuts:
+        if s.chain_cuts == planned_cuts:
             prediction = chain_pred
         else:
-            notes.append(f"the run's cuts {chain_cuts or [cut]} are not the plan's chain {planned_cuts}: no prediction")
+            notes.append(f"the run's cuts {s.chain_cuts or [s.cut]} are not the plan's chain {planned_cuts}: no prediction")
     elif plan is not None:
-        prediction, notes = predict.from_plan(plan, cut, wire_dtype, opts.plan)
+        prediction, notes = predict.from_plan(plan, s.cut, s.wire_dtype, opts.plan)
     elif opts.device_profile:
-        if len(bounds) > 3:
-            notes.append("no prediction: profile-based prediction covers device + server, not chains")
-        elif rate_bps is None:
-            notes.append("no prediction: the link is unshaped loopback; give --emulate-rate to predict from profiles")
-        else:
-            prediction, more, prof = predict.from_profiles(
-                opts.device_profile, opts.server_profile, cut, rate_bps=rate_bps, rtt_ms=rtt_ms,
-                wire_dtype=wire_dtype, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
-            notes += more
-            if not prof.model.same_architecture(ident):
-                raise UserInputError(f"--device-profile {opts.device_profile} is for {prof.model.name}, not {spec}")
-            if prof.context.batch != opts.batch:
-                notes.append(f"the profile measured batch {prof.context.batch}, the run uses {opts.batch}")
-            if prof.context.threads != threads:
-                notes.append(f"the profile measured with {prof.context.threads} threads, the run uses {threads}")
+        prediction, notes = _profile_prediction(s)
     elif opts.server_profile:
         raise UserInputError("--server-profile needs --device-profile too")
-    if plan is not None and rate_bps is not None and abs(plan.link.uplink_rate_bps - rate_bps) > 0.01 * rate_bps:
-        notes.append(f"the plan's link is {plan.link.uplink_rate_bps / 1e6:g} Mbit/s, the emulated one {rate_bps / 1e6:g} Mbit/s")
-    if plan is not None and abs(plan.link.rtt_ms - rtt_ms) > 0.01:
-        notes.append(f"the plan's RTT is {plan.link.rtt_ms:g} ms, the run's {rtt_ms:g} ms")
+    if plan is not None and s.rate_bps is not None and abs(plan.link.uplink_rate_bps - s.rate_bps) > 0.01 * s.rate_bps:
+        notes.append(f"the plan's link is {plan.link.uplink_rate_bps / 1e6:g} Mbit/s, the emulated one {s.rate_bps / 1e6:g} Mbit/s")
+    if plan is not None and abs(plan.link.rtt_ms - s.rtt_ms) > 0.01:
+        notes.append(f"the plan's RTT is {plan.link.rtt_ms:g} ms, the run's {s.rtt_ms:g} ms")
+    return prediction, notes
 
-    ids, mask = _prompt(ad.vocab_size, opts.batch, prompt_tokens, opts.seed, opts.ragged, ad.is_decoder)
-    runs = opts.warmup + opts.repeats
-    request = dict(bounds=bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
-                   new_tokens=new_tokens, wire_dtype=wire_dtype, runs=runs, rtt_ms=rtt_ms, timeout_s=opts.timeout_s,
-                   threads=threads, check=opts.check, shards=shards)
 
-    # -- run ---------------------------------------------------------------------------------------
-    link = LinkEmulation(rate_bps=rate_bps, rtt_ms=rtt_ms, rtt_emulated_at_transport=rtt_ms > 0)
-    addr_text: list[str | None]
-    if opts.role == "device":
-        on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in addresses]})
-        outcome = device_outcome(model=spec, seed=opts.seed, loaded=loaded, members=[list(a) for a in addresses], **request)
-        addr_text = [f"{h}:{p}" for h, p in addresses]
-    else:
-        outcome, addr_text = _run_local(spec, opts, loaded, request, n_members, rate_bps, link, on_event)
+def _profile_prediction(s: _Setup) -> tuple[Prediction | None, list[str]]:
+    """The planner's prediction from --device-profile (and --server-profile) for a shaped two-party run."""
+    from coinfer.runner import predict
 
-    # -- result ------------------------------------------------------------------------------------
-    names = ad.stage_names()
-    chain = [ChainMember(role="device", rank=0, start=0, end=bounds[1], stages=_stages(0, bounds[1], names))]
-    for r in range(1, len(bounds) - 1):
-        chain.append(ChainMember(role="server" if r == len(bounds) - 2 else "relay", rank=r, start=bounds[r],
-                                 end=bounds[r + 1], stages=_stages(bounds[r], bounds[r + 1], names),
-                                 address=addr_text[r - 1]))
-    recs = outcome["records"][opts.warmup:]
-    members = [{"compute_ms": m["compute_ms"][opts.warmup:], "sent_bytes": m["sent_bytes"][opts.warmup:]}
-               for m in outcome["members"]]
-    phases = _phases(recs, members, prediction, new_tokens)
-    up_pre = recs[0]["sent_bytes"][0] + sum(m["sent_bytes"][0][0] for m in members[:-1])
-    per_tok_up = None
-    if len(recs[0]["sent_bytes"]) > 1:
-        per_tok_up = recs[0]["sent_bytes"][1] + sum(m["sent_bytes"][0][1] for m in members[:-1])
-    down = sum(members[-1]["sent_bytes"][0]) if members else 0
-    total_bytes = sum(recs[0]["sent_bytes"]) + sum(sum(m["sent_bytes"][0]) for m in members)
-    if cut == 0:
-        pred_payload = token_ids_bytes(opts.batch, prompt_tokens)
-    elif cut >= total:
-        pred_payload = 0
-    else:
-        pred_payload = activation_bytes(opts.batch, prompt_tokens, ad.hidden_size, wire_dtype)
-    if rtt_ms > 0:
+    opts = s.opts
+    if len(s.bounds) > 3:
+        return None, ["no prediction: profile-based prediction covers device + server, not chains"]
+    if s.rate_bps is None:
+        return None, ["no prediction: the link is unshaped loopback; give --emulate-rate to predict from profiles"]
+    prediction, notes, prof = predict.from_profiles(
+        opts.device_profile, opts.server_profile, s.cut, rate_bps=s.rate_bps, rtt_ms=s.rtt_ms,
+        wire_dtype=s.wire_dtype, prompt_tokens=s.prompt_tokens, new_tokens=s.new_tokens)
+    if not prof.model.same_architecture(s.loaded.identity):
+        raise UserInputError(f"--device-profile {opts.device_profile} is for {prof.model.name}, not {s.spec}")
+    if prof.context.batch != opts.batch:
+        notes.append(f"the profile measured batch {prof.context.batch}, the run uses {opts.batch}")
+    if prof.context.threads != s.threads:
+        notes.append(f"the profile measured with {prof.context.threads} threads, the run uses {s.threads}")
+    return prediction, notes
+
+
+def _run_notes(s: _Setup, masked: bool, passive_omp: bool) -> list[str]:
+    """How the run was made, where that matters to reading its figures."""
+    notes = []
+    if s.rtt_ms > 0:
         notes.append("the RTT is emulated at the transport boundary (a sleep of rtt/2 per message and direction); tc adds only the rate")
-    if mask is not None:
+    if masked:
         notes.append("the padding mask crosses the link before the activation (counted in the uplink bytes)")
-    if not passive_omp and threads > 1 and opts.role == "local":
+    if not passive_omp and s.threads > 1 and s.opts.role == "local":
         notes.append("OpenMP threads of this process may spin while waiting (torch was loaded before GOMP_SPINCOUNT "
                      "could be set, or OMP_WAIT_POLICY was given): device compute may be inflated")
-    if shards:
-        notes.append(f"ran the exported shards of ratio {opts.ratio:g} (sha256-checked); the output check compares "
+    if s.shards:
+        notes.append(f"ran the exported shards of ratio {s.opts.ratio:g} (sha256-checked); the output check compares "
                      "them with the same shards in one process")
-    result = RunResult(
-        model=ModelIdentity.model_validate(outcome["identity"]),
+    return notes
+
+
+def _chain_members(s: _Setup, addr_text: list[str | None]) -> list[ChainMember]:
+    """Each process of the run and the stages it ran."""
+    names, b = s.loaded.adapter.stage_names(), s.bounds
+    chain = [ChainMember(role="device", rank=0, start=0, end=b[1], stages=_stages(0, b[1], names))]
+    for r in range(1, len(b) - 1):
+        chain.append(ChainMember(role="server" if r == len(b) - 2 else "relay", rank=r, start=b[r], end=b[r + 1],
+                                 stages=_stages(b[r], b[r + 1], names), address=addr_text[r - 1]))
+    return chain
+
+
+def _predicted_payload(s: _Setup) -> int:
+    """Bytes the payload model says cross the cut in the prefill."""
+    from coinfer.models.payload import activation_bytes, token_ids_bytes
+
+    ad = s.loaded.adapter
+    if s.cut == 0:
+        return token_ids_bytes(s.opts.batch, s.prompt_tokens)
+    if s.cut >= ad.num_blocks + 2:
+        return 0
+    return activation_bytes(s.opts.batch, s.prompt_tokens, ad.hidden_size, s.wire_dtype)
+
+
+def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, link: LinkEmulation,
+            addr_text: list[str | None], notes: list[str]) -> RunResult:
+    """The run result: measured phases beside predictions, traffic, the output check."""
+    from coinfer.reports.io import file_sha256
+    from coinfer.reports.plan import InputFile
+    from coinfer.runner.transport import TRANSPORT_NAME
+
+    opts, shards = s.opts, s.shards
+    phases = phase_timings(outcome, prediction)
+    return RunResult(
+        model=outcome.identity,
         machine=MachineInfo.here(libraries=True),
-        torch_threads=threads,
+        torch_threads=s.threads,
         mode="two-machine" if opts.role == "device" else "local",
         transport=TRANSPORT_NAME,
-        cut=cut,
-        cut_name=cut_name(cut, ad.num_blocks),
-        chain=chain,
-        wire_dtype=wire_dtype,  # type: ignore[arg-type]
+        cut=s.cut,
+        cut_name=cut_name(s.cut, s.loaded.adapter.num_blocks),
+        chain=_chain_members(s, addr_text),
+        wire_dtype=s.wire_dtype,  # type: ignore[arg-type]
         batch=opts.batch,
-        prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens,
-        decode_steps=new_tokens,
+        prompt_tokens=s.prompt_tokens,
+        new_tokens=s.new_tokens,
+        decode_steps=s.new_tokens,
         warmup_runs=opts.warmup,
         repeats=opts.repeats,
         link=link,
@@ -456,21 +546,20 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
             ratio=opts.ratio, device_shard_sha256=shards["device"][1], server_shard_sha256=shards["server"][1],
         ) if shards else None,
         prediction_source=prediction.source if prediction else None,
-        traffic=Traffic(prefill_uplink_bytes=up_pre, per_token_uplink_bytes=per_tok_up, downlink_bytes=down,
-                        total_bytes=total_bytes, predicted_prefill_payload_bytes=pred_payload),
-        generated_tokens=outcome["tokens"],
-        matches_unsplit=outcome["matches_unsplit"],
-        max_abs_diff=outcome["max_abs_diff"],
+        prefill=phases.prefill,
+        per_token=phases.per_token,
+        total=phases.total,
+        per_generated_token=phases.per_generated_token,
+        traffic=traffic(outcome, _predicted_payload(s)),
+        generated_tokens=outcome.tokens,
+        matches_unsplit=outcome.matches_unsplit,
+        max_abs_diff=outcome.max_abs_diff,
         notes=notes,
-        **phases,
     )
-    if opts.out is not None:
-        write_json(result, opts.out)
-    return result
 
 
 def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any], n_members: int,
-               rate_bps: float | None, link: LinkEmulation, on_event: EventSink) -> tuple[dict[str, Any], list[str | None]]:
+               rate_bps: float | None, link: LinkEmulation, on_event: EventSink) -> tuple[DeviceOutcome, list[str | None]]:
     from contextlib import ExitStack
 
     from coinfer.runner import local
@@ -492,72 +581,10 @@ def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any]
         for c in children:
             on_event({"event": "server_ready", "address": f"{c.host}:{c.port}"})
         if prefix:
-            outcome = local.device_in_child(dict(model=spec, seed=opts.seed, members=members, **request), prefix)
+            outcome = DeviceOutcome.model_validate(
+                local.device_in_child(dict(model=spec, seed=opts.seed, members=members, **request), prefix))
         else:
-            outcome = device_outcome(model=spec, seed=opts.seed, loaded=loaded, members=members, **request)
+            outcome = run_device(model=spec, seed=opts.seed, loaded=loaded, members=members, **request)
         return outcome, [f"{h}:{p}" for h, p in members]
 
 
-def _measured(value: float, predicted: float | None) -> Measured:
-    err = None
-    if predicted is not None and predicted > 0:
-        err = (value - predicted) / predicted * 100.0
-    return Measured(measured_ms=max(0.0, value), predicted_ms=predicted, error_pct=err)
-
-
-def _timing(dev: float, xfer: float, srv: float, e2e: float, pred: Any | None) -> PhaseTiming:
-    p = pred or {}
-    return PhaseTiming(
-        device_compute=_measured(dev, p.get("device")),
-        transfer=_measured(xfer, p.get("transfer")),
-        server_compute=_measured(srv, p.get("server")),
-        end_to_end=_measured(e2e, p.get("total")),
-    )
-
-
-def _pb(b: Any) -> dict[str, float] | None:
-    if b is None:
-        return None
-    return {"device": b.device_ms, "transfer": b.uplink_ms + b.downlink_ms, "server": b.server_ms, "total": b.total_ms}
-
-
-def _phases(recs: list[dict], members: list[dict], prediction: Any, new_tokens: int) -> dict[str, Any]:
-    """Medians over the measured requests of each term, per phase."""
-    per_run = []  # per run: list of (dev, srv, e2e) per step
-    for j, r in enumerate(recs):
-        steps = []
-        for s in range(len(r["end_to_end_ms"])):
-            srv = sum(m["compute_ms"][j][s] for m in members)
-            steps.append((r["compute_ms"][s], srv, r["end_to_end_ms"][s]))
-        per_run.append(steps)
-
-    def med(values: list[float]) -> float:
-        return float(statistics.median(values))
-
-    def terms(rows: list[tuple[float, float, float]]) -> tuple[float, float, float, float]:
-        dev = sum(x[0] for x in rows)
-        srv = sum(x[1] for x in rows)
-        e2e = sum(x[2] for x in rows)
-        return dev, max(0.0, e2e - dev - srv), srv, e2e
-
-    pre = [terms(steps[:1]) for steps in per_run]
-    tot = [terms(steps) for steps in per_run]
-    p_pre = _pb(prediction.prefill) if prediction else None
-    p_tok = _pb(prediction.per_token) if prediction else None
-    whole_only = prediction.total_ms if prediction is not None and prediction.prefill is None else None
-    decode_steps = len(per_run[0]) - 1
-    out: dict[str, Any] = {"prefill": _timing(*(med([t[i] for t in pre]) for i in range(4)), p_pre)}
-    p_tot = None
-    if p_pre is not None:
-        p_tot = {k: p_pre[k] + decode_steps * (p_tok[k] if p_tok else 0.0) for k in p_pre}
-    elif whole_only is not None:
-        p_tot = {"total": whole_only}
-    if decode_steps > 0:
-        per = [tuple(v / decode_steps for v in terms(steps[1:])) for steps in per_run]
-        out["per_token"] = _timing(*(med([t[i] for t in per]) for i in range(4)), p_tok)
-    out["total"] = _timing(*(med([t[i] for t in tot]) for i in range(4)), p_tot)
-    if len(per_run[0]) > 1:  # decoders: the prefill's token plus one per decode step
-        n_out = len(per_run[0])
-        e2e = med([t[3] for t in tot]) / n_out
-        out["per_generated_token"] = _measured(e2e, p_tot["total"] / n_out if p_tot else None)
-    return out
