@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +114,6 @@ def validate(opts: PruneOptions) -> None:
         check_writable(opts.output)
 
 
-def _scope_blocks(num_blocks: int, opts: PruneOptions) -> list[int]:
-    return list(range(opts.split if opts.scope == "device" else num_blocks))
-
-
 def run_prune(opts: PruneOptions) -> Any:
     """Prune ``opts.model`` at every ratio, measure each, export shards if asked.
 
@@ -155,27 +150,3 @@ def run_prune(opts: PruneOptions) -> Any:
         write_json(report, opts.output)
     return report
 
-
-def prune_copy(loaded: Any, ratio: float, scores: dict, blocks: list[int], round_to: int) -> tuple[Any, list]:
-    """A pruned deep copy of the (prepared) model and the selections applied.
-
-    Args:
-        loaded: The loaded model, prepared for pruning.
-        ratio: Requested ratio.
-        scores: Per block (head scores, channel scores) computed on the original.
-        blocks: Blocks in scope.
-        round_to: MLP width rounding.
-
-    Returns:
-        (a new family adapter over the pruned copy, the block selections).
-    """
-    from coinfer.pruner import structure
-
-    model = copy.deepcopy(loaded.model)
-    ad = type(loaded.adapter)(model)
-    sels = [structure.select(ad, b, ratio, *scores[b], round_to=round_to) for b in blocks]
-    import torch
-
-    with torch.no_grad():
-        structure.apply(ad, sels)
-    return ad, sels

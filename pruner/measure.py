@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,8 @@ import torch
 
 from coinfer.models.adapters.base import FamilyAdapter, ShardState
 from coinfer.pruner import metrics
+from coinfer.pruner.structure import prune_copy, scope_blocks
+from coinfer.reports.common import MachineInfo
 from coinfer.reports.prune import (
     BlockPruning,
     CalibrationInfo,
@@ -159,17 +164,95 @@ def _export_ratio(loaded: Any, ad: FamilyAdapter, ratio: float, root: Path, opts
     return files, diffs, notes
 
 
+@dataclass
+class _Baseline:
+    """The unpruned model as every ratio is compared with it."""
+
+    ad: FamilyAdapter
+    blocks: list[int]  # the blocks in scope
+    windows: list[torch.Tensor]
+    scores: dict
+    ref: Any  # metrics.OutputStats of the original
+    perplexity: float | None
+    sq_norm: dict[int, float]  # per block: squared norm of its weights
+    params: dict[int, int]  # per block: parameters
+    model_params: int
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per calibration window (the timed prompt too)."""
+        return int(self.windows[0].shape[1])
+
+    @property
+    def half(self) -> int:
+        """Windows in the fitting half; the rest are held out for the bound."""
+        return len(self.windows) // 2
+
+
 def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
     """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`."""
-    from coinfer.pruner import importance, tp_adapter
-    from coinfer.pruner.api import _scope_blocks, prune_copy
-    from coinfer.reports.common import MachineInfo
+    from coinfer.pruner import tp_adapter
 
-    ad0: FamilyAdapter = loaded.adapter
-    L = ad0.num_blocks
-    blocks = _scope_blocks(L, opts)
+    base = _baseline(loaded.adapter, calib, opts)
+    notes = _model_notes(base, calib, opts)
+    results: list[RatioResult] = []
+    final = Path(opts.export_dir) if opts.export_dir else None
+    with _export_folder(final, opts.force) as export_tmp:
+        for r in opts.ratios:
+            res, ad = _measure_ratio(loaded, base, r, opts)
+            if export_tmp is not None:
+                files, diffs, enotes = _export_ratio(loaded, ad, r, export_tmp, opts)
+                res.shards, res.onnx_max_abs_diff = files, diffs
+                res.notes += enotes
+            results.append(res)
+            del ad
+    c_all, c_fit, bound = _bound(results, base.half, notes)
+    return PruneReport(
+        model=loaded.identity,
+        machine=MachineInfo.here(libraries=True),
+        threads=torch.get_num_threads(),
+        importance=opts.importance,
+        scope=opts.scope,
+        split=opts.split,
+        calibration=CalibrationInfo(
+            source=calib.source, sha256=calib.sha256, num_sequences=len(base.windows), tokens=calib.tokens, tokenizer=calib.tokenizer
+        ),
+        results=results,
+        empirical_c=max(c_all) if c_all else None,
+        empirical_c_fit=max(c_fit) if c_fit else None,
+        bound_holds=bound,
+        laplace=_laplace(base.ad, base.blocks, opts.ratios),
+        export_dir=str(final) if final is not None else None,
+        torch_pruning_version=tp_adapter.version(),
+        seq_len=base.tokens,
+        notes=notes,
+    )
+
+
+def _baseline(ad0: FamilyAdapter, calib: Any, opts: Any) -> _Baseline:
+    """Importance scores, reference outputs and per-block norms of the unpruned model."""
+    from coinfer.pruner import importance
+
+    blocks = scope_blocks(ad0.num_blocks, opts.scope, opts.split)
     windows = calib.windows
-    T = int(windows[0].shape[1])
+    scores = importance.scores(opts.importance, ad0, blocks, windows) if blocks else {}
+    ref = metrics.run_outputs(ad0, windows)
+    return _Baseline(
+        ad=ad0,
+        blocks=blocks,
+        windows=windows,
+        scores=scores,
+        ref=ref,
+        perplexity=metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None,
+        sq_norm={b: metrics.block_sq_norm(ad0, b) for b in range(ad0.num_blocks)},
+        params={b: metrics.block_params(ad0, b) for b in range(ad0.num_blocks)},
+        model_params=sum(p.numel() for p in ad0.model.parameters()),
+    )
+
+
+def _model_notes(base: _Baseline, calib: Any, opts: Any) -> list[str]:
+    """What a reader of the report must know about the calibration, the model and the scope."""
+    ad0, blocks = base.ad, base.blocks
     notes = list(opts.notes)
     if calib.tokenizer == "bytes":
         notes.append("calibration tokens are UTF-8 bytes modulo the vocabulary: the model ships no tokenizer")
@@ -181,117 +264,133 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         notes.append("grouped-query attention: key/value heads kept, query heads removed evenly per kv group")
     if not blocks:
         notes.append("scope holds no blocks (split 0): nothing can be pruned")
+    return notes
 
-    scores = importance.scores(opts.importance, ad0, blocks, windows) if blocks else {}
-    ref = metrics.run_outputs(ad0, windows)
-    half = len(windows) // 2
-    ppl0 = metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None
-    sq0 = {b: metrics.block_sq_norm(ad0, b) for b in range(L)}
-    p0 = {b: metrics.block_params(ad0, b) for b in range(L)}
-    model_params0 = sum(p.numel() for p in ad0.model.parameters())
 
-    results: list[RatioResult] = []
-    export_tmp: Path | None = None
-    final = Path(opts.export_dir) if opts.export_dir else None
-    if final is not None:
-        parent = final.parent if str(final.parent) else Path(".")
-        export_tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
+@contextmanager
+def _export_folder(final: Path | None, force: bool) -> Iterator[Path | None]:
+    """A temporary folder beside ``final`` that replaces it when the block succeeds (None: no export).
+
+    On any failure the temporary folder is removed and ``final`` is left as it was.
+    """
+    if final is None:
+        yield None
+        return
+    parent = final.parent if str(final.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
     try:
-        for r in opts.ratios:
-            ad, sels = prune_copy(loaded, r, scores, blocks, opts.round_to)
-            rnotes: list[str] = []
-            rows = []
-            removed_sq = 0.0
-            for b in range(L):
-                q0, _ = ad0.attention_heads(b)
-                q1, _ = ad.attention_heads(b)
-                pa = metrics.block_params(ad, b)
-                dw = max(0.0, 1.0 - metrics.block_sq_norm(ad, b) / sq0[b]) if sq0[b] > 0 else 0.0
-                if b in blocks:
-                    removed_sq += dw * sq0[b]
-                rows.append(
-                    BlockPruning(
-                        name=block_name(b),
-                        params_before=p0[b],
-                        params_after=pa,
-                        heads_before=q0,
-                        heads_after=q1,
-                        mlp_channels_before=ad0.mlp_channels(b),
-                        mlp_channels_after=ad.mlp_channels(b),
-                        prefill_flops_before=metrics.block_flops(ad0, b, T, T),
-                        prefill_flops_after=metrics.block_flops(ad, b, T, T),
-                        param_distortion=dw,
-                    )
-                )
-            sp0 = sum(p0[b] for b in blocks)
-            sp1 = sum(rows[b].params_after for b in blocks)
-            h0 = sum(rows[b].heads_before for b in blocks)
-            h1 = sum(rows[b].heads_after for b in blocks)
-            c0 = sum(rows[b].mlp_channels_before for b in blocks)
-            c1 = sum(rows[b].mlp_channels_after for b in blocks)
-            pruned = sp1 < sp0
-            head_ratio = 1 - h1 / h0 if h0 else 0.0
-            chan_ratio = 1 - c1 / c0 if c0 else 0.0
-            if not pruned and r > 0:
-                rnotes.append(f"requested ratio {r:g} removed nothing (rounding of {h0 // max(1, len(blocks))} heads / {c0 // max(1, len(blocks))} channels per block)")
-            elif r > 0 and (abs(head_ratio - r) > 1e-9 or abs(chan_ratio - r) > 1e-9):
-                rnotes.append(f"requested {r:g}, applied {head_ratio:.3f} of query heads and {chan_ratio:.3f} of MLP channels (rounding)")
-            if r == 0:
-                rnotes.append("the original model (reference point)")
-
-            out = metrics.run_outputs(ad, windows)
-            dw_total = removed_sq / sum(sq0[b] for b in blocks) if blocks and sum(sq0[b] for b in blocks) > 0 else 0.0
-            dy = metrics.rel_mse(ref.hidden, out.hidden)
-            dist = Distortion(
-                output_rel_mse=dy,
-                param_distortion=dw_total,
-                bound_ratio=dy / dw_total if dw_total > 0 else None,
-                output_rel_mse_heldout=metrics.rel_mse(ref.hidden[half:], out.hidden[half:]) if half else None,
-            )
-            if ad.is_decoder:
-                dist.kl_next_token = metrics.kl_next_token(ref.logprobs, out.logprobs)
-                dist.perplexity_before = ppl0
-                dist.perplexity_after = metrics.perplexity(out.logprobs, windows)
-            else:
-                dist.pooled_cosine = metrics.pooled_cosine(ref.hidden, out.hidden)
-            fit_dy = metrics.rel_mse(ref.hidden[:half], out.hidden[:half]) if half else None
-
-            speed = None
-            if opts.measure_speed and pruned:
-                speed = _speed(ad0, ad, windows[0], opts)
-            elif opts.measure_speed:
-                rnotes.append("speed not measured: nothing was removed (speed-up 1 by construction)")
-            res = RatioResult(
-                requested_ratio=r,
-                achieved_param_ratio=1 - sp1 / sp0 if sp0 else 0.0,
-                achieved_head_ratio=head_ratio,
-                achieved_channel_ratio=chan_ratio,
-                pruned_anything=pruned,
-                blocks=rows,
-                params_before=sp0,
-                params_after=sp1,
-                model_params_before=model_params0,
-                model_params_after=sum(p.numel() for p in ad.model.parameters()),
-                prefill_flops_before=sum(rows[b].prefill_flops_before for b in blocks),
-                prefill_flops_after=sum(rows[b].prefill_flops_after for b in blocks),
-                speedup=speed,
-                distortion=dist,
-                notes=rnotes,
-                fit_output_rel_mse=fit_dy,
-            )
-            if export_tmp is not None:
-                files, diffs, enotes = _export_ratio(loaded, ad, r, export_tmp, opts)
-                res.shards, res.onnx_max_abs_diff = files, diffs
-                res.notes += enotes
-            results.append(res)
-            del ad
-        if export_tmp is not None and final is not None:
-            _finalise(export_tmp, final, opts.force)
+        yield tmp
+        _finalise(tmp, final, force)
     except BaseException:
-        if export_tmp is not None:
-            shutil.rmtree(export_tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+
+def _measure_ratio(loaded: Any, base: _Baseline, r: float, opts: Any) -> tuple[RatioResult, FamilyAdapter]:
+    """Prune a copy at ratio ``r`` and measure what it removed, its distortion and its speed."""
+    ad, _ = prune_copy(loaded, r, base.scores, base.blocks, opts.round_to)
+    rows, removed_sq = _block_rows(base, ad)
+    scoped = [rows[b] for b in base.blocks]
+    sp0, sp1 = sum(base.params[b] for b in base.blocks), sum(x.params_after for x in scoped)
+    pruned = sp1 < sp0
+    head_ratio, chan_ratio, rnotes = _achieved_ratios(r, scoped, pruned, len(base.blocks))
+    scope_sq = sum(base.sq_norm[b] for b in base.blocks)
+    dw_total = removed_sq / scope_sq if base.blocks and scope_sq > 0 else 0.0
+    dist, fit_dy = _distortion(base, ad, dw_total)
+    speed = None
+    if opts.measure_speed and pruned:
+        speed = _speed(base.ad, ad, base.windows[0], opts)
+    elif opts.measure_speed:
+        rnotes.append("speed not measured: nothing was removed (speed-up 1 by construction)")
+    res = RatioResult(
+        requested_ratio=r,
+        achieved_param_ratio=1 - sp1 / sp0 if sp0 else 0.0,
+        achieved_head_ratio=head_ratio,
+        achieved_channel_ratio=chan_ratio,
+        pruned_anything=pruned,
+        blocks=rows,
+        params_before=sp0,
+        params_after=sp1,
+        model_params_before=base.model_params,
+        model_params_after=sum(p.numel() for p in ad.model.parameters()),
+        prefill_flops_before=sum(x.prefill_flops_before for x in scoped),
+        prefill_flops_after=sum(x.prefill_flops_after for x in scoped),
+        speedup=speed,
+        distortion=dist,
+        notes=rnotes,
+        fit_output_rel_mse=fit_dy,
+    )
+    return res, ad
+
+
+def _block_rows(base: _Baseline, ad: FamilyAdapter) -> tuple[list[BlockPruning], float]:
+    """One row per block (heads, channels, parameters, FLOPs, parameter distortion), and the
+    squared weight norm removed from the blocks in scope."""
+    ad0, T = base.ad, base.tokens
+    rows = []
+    removed_sq = 0.0
+    for b in range(ad0.num_blocks):
+        sq0 = base.sq_norm[b]
+        dw = max(0.0, 1.0 - metrics.block_sq_norm(ad, b) / sq0) if sq0 > 0 else 0.0
+        if b in base.blocks:
+            removed_sq += dw * sq0
+        rows.append(
+            BlockPruning(
+                name=block_name(b),
+                params_before=base.params[b],
+                params_after=metrics.block_params(ad, b),
+                heads_before=ad0.attention_heads(b)[0],
+                heads_after=ad.attention_heads(b)[0],
+                mlp_channels_before=ad0.mlp_channels(b),
+                mlp_channels_after=ad.mlp_channels(b),
+                prefill_flops_before=metrics.block_flops(ad0, b, T, T),
+                prefill_flops_after=metrics.block_flops(ad, b, T, T),
+                param_distortion=dw,
+            )
+        )
+    return rows, removed_sq
+
+
+def _achieved_ratios(r: float, scoped: list[BlockPruning], pruned: bool, n_blocks: int) -> tuple[float, float, list[str]]:
+    """(fraction of query heads removed, fraction of MLP channels removed, notes on rounding)."""
+    h0, h1 = sum(x.heads_before for x in scoped), sum(x.heads_after for x in scoped)
+    c0, c1 = sum(x.mlp_channels_before for x in scoped), sum(x.mlp_channels_after for x in scoped)
+    head_ratio = 1 - h1 / h0 if h0 else 0.0
+    chan_ratio = 1 - c1 / c0 if c0 else 0.0
+    notes = []
+    if not pruned and r > 0:
+        notes.append(f"requested ratio {r:g} removed nothing (rounding of {h0 // max(1, n_blocks)} heads / {c0 // max(1, n_blocks)} channels per block)")
+    elif r > 0 and (abs(head_ratio - r) > 1e-9 or abs(chan_ratio - r) > 1e-9):
+        notes.append(f"requested {r:g}, applied {head_ratio:.3f} of query heads and {chan_ratio:.3f} of MLP channels (rounding)")
+    if r == 0:
+        notes.append("the original model (reference point)")
+    return head_ratio, chan_ratio, notes
+
+
+def _distortion(base: _Baseline, ad: FamilyAdapter, dw_total: float) -> tuple[Distortion, float | None]:
+    """The pruned model's output distortion on the calibration windows, and on the fitting half alone."""
+    ref, half = base.ref, base.half
+    out = metrics.run_outputs(ad, base.windows)
+    dy = metrics.rel_mse(ref.hidden, out.hidden)
+    dist = Distortion(
+        output_rel_mse=dy,
+        param_distortion=dw_total,
+        bound_ratio=dy / dw_total if dw_total > 0 else None,
+        output_rel_mse_heldout=metrics.rel_mse(ref.hidden[half:], out.hidden[half:]) if half else None,
+    )
+    if ad.is_decoder:
+        dist.kl_next_token = metrics.kl_next_token(ref.logprobs, out.logprobs)
+        dist.perplexity_before = base.perplexity
+        dist.perplexity_after = metrics.perplexity(out.logprobs, base.windows)
+    else:
+        dist.pooled_cosine = metrics.pooled_cosine(ref.hidden, out.hidden)
+    fit_dy = metrics.rel_mse(ref.hidden[:half], out.hidden[:half]) if half else None
+    return dist, fit_dy
+
+
+def _bound(results: list[RatioResult], half: int, notes: list[str]) -> tuple[list[float], list[float], bool | None]:
+    """The empirical C of ``D_y <= C D_w`` over ratios (all windows; fitting half) and whether the
+    fitted C bounds the held-out half."""
     c_all = [x.distortion.output_rel_mse / x.distortion.param_distortion for x in results if x.distortion.param_distortion > 0]
     c_fit = [
         x.fit_output_rel_mse / x.distortion.param_distortion
@@ -309,27 +408,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         )
     elif not half:
         notes.append("one calibration window only: no held-out half, bound not checked")
-
-    return PruneReport(
-        model=loaded.identity,
-        machine=MachineInfo.here(libraries=True),
-        threads=torch.get_num_threads(),
-        importance=opts.importance,
-        scope=opts.scope,
-        split=opts.split,
-        calibration=CalibrationInfo(
-            source=calib.source, sha256=calib.sha256, num_sequences=len(windows), tokens=calib.tokens, tokenizer=calib.tokenizer
-        ),
-        results=results,
-        empirical_c=max(c_all) if c_all else None,
-        empirical_c_fit=max(c_fit) if c_fit else None,
-        bound_holds=bound,
-        laplace=_laplace(ad0, blocks, opts.ratios),
-        export_dir=str(final) if final is not None else None,
-        torch_pruning_version=tp_adapter.version(),
-        seq_len=T,
-        notes=notes,
-    )
+    return c_all, c_fit, bound
 
 
 def _finalise(tmp: Path, final: Path, force: bool) -> None:

@@ -13,7 +13,9 @@ The hidden size is never touched, so the payload at every cut is unchanged.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -111,3 +113,29 @@ def apply(adapter: FamilyAdapter, selections: list[BlockSelection]) -> None:
                 tp_adapter.prune_out_features(mlp[key], chans)
         tp_adapter.prune_in_features(mlp["out"], chans)
     adapter.sync_pruned_attributes()
+
+
+def scope_blocks(num_blocks: int, scope: str, split: int | None) -> list[int]:
+    """The blocks a prune touches: all of them (scope ``all``) or the device's first ``split`` (``device``)."""
+    return list(range(split if scope == "device" else num_blocks))
+
+
+def prune_copy(loaded: Any, ratio: float, scores: dict, blocks: list[int], round_to: int) -> tuple[Any, list[BlockSelection]]:
+    """A pruned deep copy of the (prepared) model and the selections applied.
+
+    Args:
+        loaded: The loaded model, prepared for pruning.
+        ratio: Requested ratio.
+        scores: Per block (head scores, channel scores) computed on the original.
+        blocks: Blocks in scope.
+        round_to: MLP width rounding.
+
+    Returns:
+        (a new family adapter over the pruned copy, the block selections).
+    """
+    model = copy.deepcopy(loaded.model)
+    ad = type(loaded.adapter)(model)
+    sels = [select(ad, b, ratio, *scores[b], round_to=round_to) for b in blocks]
+    with torch.no_grad():
+        apply(ad, sels)
+    return ad, sels

@@ -14,7 +14,7 @@ from coinfer.models import shard_io
 from coinfer.models.loading import build_from_config, load_model
 from coinfer.models.shards import split
 from coinfer.pruner import importance
-from coinfer.pruner.api import prune_copy
+from coinfer.pruner.structure import prune_copy
 from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.prune import PruneReport
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from coinfer.models.loading import build_from_config
 from coinfer.pruner import importance, structure
-from coinfer.pruner.api import prune_copy
+from coinfer.pruner.structure import prune_copy
 
 TINY = {
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=97),
