@@ -11,6 +11,7 @@ Public API (what `coinfer run` and the README use):
 * :func:`coinfer.planner.plan.make_plan` - the whole `coinfer plan` as one call.
 * :func:`coinfer.planner.search.search`, :func:`coinfer.planner.search.sweep_rates`,
   :func:`coinfer.planner.chain.solve_chain` - the optimisers.
+* :mod:`coinfer.planner.tables` - the per-stage and per-cut tables the cost model, search and chain share.
 """
 
 from coinfer.planner.cost import (

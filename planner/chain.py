@@ -24,8 +24,8 @@ from functools import lru_cache
 import numpy as np
 
 from coinfer.errors import InfeasibleError, UserInputError
-from coinfer.planner.cost import CostModel, Workload, _stage_costs, check_compatible
-from coinfer.planner.search import _link_terms, _upto
+from coinfer.planner.cost import CostModel, Workload, check_compatible
+from coinfer.planner.tables import link_terms, stage_costs, upto
 from coinfer.reports.plan import ChainHop, ChainPlan, ChainSegment
 from coinfer.reports.profile import Profile
 from coinfer.vocab import stage_names
@@ -93,14 +93,14 @@ def build_chain_problem(
     m = workload.new_tokens
     stage_ms, stage_mem = [], []
     for name, p in members:
-        pre, _, tok, _, _ = _stage_costs(p, name, workload, need_decode)
-        stage_ms.append(pre + m * tok)
+        costs = stage_costs(p, name, workload, need_decode)
+        stage_ms.append(costs.prefill_ms + m * costs.token_ms)
         stage_mem.append(np.array([s.param_bytes + s.kv_cache_bytes_per_token * ctx for s in p.stages], float))
     hop_ms, busy = [], []
     for rate, rtt in hops:
-        lm, _ = _link_terms(cost_model, rtt, np.array(rate), np.array(rate))
+        lm, _ = link_terms(cost_model, rtt, np.array(rate), np.array(rate))
         hop_ms.append(lm)
-        b, _ = _link_terms(cost_model, 0.0, np.array(rate), np.array(rate))
+        b, _ = link_terms(cost_model, 0.0, np.array(rate), np.array(rate))
         busy.append(b)
     caps = np.full(len(members), np.inf)
     for name, cap in (memory_caps or {}).items():
@@ -144,7 +144,7 @@ def solve_chain(prob: ChainProblem, objective: str = "latency") -> tuple[list[in
     if objective == "latency" and np.all(np.isinf(prob.memory_caps)):
         f = np.full(n + 1, np.inf)
         f[0] = 0.0
-        s = _upto(prob.stage_ms)
+        s = upto(prob.stage_ms)
         idx = np.arange(n + 1)
         for j in range(k):
             g = f - s[j]
@@ -156,8 +156,8 @@ def solve_chain(prob: ChainProblem, objective: str = "latency") -> tuple[list[in
                 f = f + prob.hop_ms[j]
             back.append(arg)
     else:
-        s = _upto(prob.stage_ms)
-        m = _upto(prob.stage_mem)
+        s = upto(prob.stage_ms)
+        m = upto(prob.stage_mem)
         caps = prob.memory_caps
         latency = objective == "latency"
         # The first member starts at stage 0: its segments are one row, no minimisation.

@@ -38,8 +38,9 @@ import numpy as np
 
 from coinfer.errors import SchemaError, UserInputError
 from coinfer.planner.link import Link
+from coinfer.planner.tables import stage_costs
 from coinfer.reports.plan import Candidate, EnergyBreakdown, PhaseBreakdown
-from coinfer.reports.profile import Profile, StageProfile
+from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
 from coinfer.vocab import check_wire_dtype, cut_name, stage_names
 
@@ -151,35 +152,6 @@ def derive_server_profile(device: Profile, speedup: float) -> Profile:
     srv.emissions = None
     srv.derived_from = f"device profile, every stage {speedup:g}x faster"
     return srv
-
-
-def _interp(xs: np.ndarray, ys: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Linear interpolation; beyond the ends, the end segment's slope when it rises, else flat.
-
-    A cost that falls with context is measurement noise, so it is never extrapolated (a noisy
-    profile would otherwise predict free decoding at long contexts); the result is floored at 0.
-    """
-    if len(xs) == 1:
-        return np.full(at.shape, float(ys[0]))
-    out = np.interp(at, xs, ys)
-    lo, hi = at < xs[0], at > xs[-1]
-    if lo.any():
-        slope = max(0.0, (ys[1] - ys[0]) / (xs[1] - xs[0]))
-        out[lo] = ys[0] + slope * (at[lo] - xs[0])
-    if hi.any():
-        slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
-        out[hi] = ys[-1] + slope * (at[hi] - xs[-1])
-    return np.maximum(out, 0.0)
-
-
-def _decode_points(st: StageProfile, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    pts = sorted(st.decode, key=lambda d: d.context_tokens)
-    xs = np.array([d.context_tokens for d in pts], dtype=float)
-    if len(set(xs.tolist())) != len(xs):
-        raise SchemaError(f"{role} profile: stage {st.name} has repeated decode contexts")
-    ms = np.array([d.timing.median_ms for d in pts], dtype=float)
-    ej = None if any(d.energy_j is None for d in pts) else np.array([d.energy_j for d in pts], dtype=float)
-    return xs, ms, ej
 
 
 @dataclass
@@ -333,44 +305,6 @@ class CostModel:
         return out
 
 
-def _stage_costs(p: Profile, role: str, wl: Workload, need_decode: bool):
-    """Per-stage prefill ms/J and mean per-token decode ms/J at this workload for one profile."""
-    s0 = p.context.seq_len
-    scale = wl.prompt_tokens / s0
-    power = p.context.power_w
-    contexts = wl.prompt_tokens + np.arange(wl.new_tokens, dtype=float) if wl.new_tokens else np.array(
-        [float(wl.prompt_tokens)])
-    pre_ms, pre_j, tok_ms, tok_j = [], [], [], []
-    energy_known = True
-    for st in p.stages:
-        t = st.prefill.median_ms * scale
-        pre_ms.append(t)
-        if st.prefill_energy_j is not None:
-            pre_j.append(st.prefill_energy_j * scale)
-        elif power is not None:
-            pre_j.append(power * t / 1e3)
-        else:
-            pre_j.append(0.0)
-            energy_known = False
-        if need_decode:
-            if not st.decode:
-                raise SchemaError(f"{role} profile: stage {st.name} has no decode timings (profile decode too)")
-            xs, ms, ej = _decode_points(st, role)
-            tm = _interp(xs, ms, contexts)
-            tok_ms.append(float(tm.mean()))
-            if ej is not None:
-                tok_j.append(float(_interp(xs, ej, contexts).mean()))
-            elif power is not None:
-                tok_j.append(float(power * tm.mean() / 1e3))
-            else:
-                tok_j.append(0.0)
-                energy_known = False
-        else:
-            tok_ms.append(0.0)
-            tok_j.append(0.0)
-    return (np.array(pre_ms), np.array(pre_j), np.array(tok_ms), np.array(tok_j), energy_known)
-
-
 def _ratio_options(prune: PruneReport | None, num_blocks: int, notes: list[str]) -> list[RatioOption]:
     n_st = num_blocks + 2
     is_block = np.array([False, *([True] * num_blocks), False])
@@ -458,9 +392,9 @@ def build_cost_model(
         if workload.prompt_tokens != p.context.seq_len:
             notes.append(f"{role} profile measured {p.context.seq_len} prompt tokens; prefill latency and energy "
                          f"scaled linearly to {workload.prompt_tokens}")
-    dp, dpj, dt, dtj, e_known = _stage_costs(device, "device", workload, is_decoder)
-    sp, _, st, _, _ = _stage_costs(server, "server", workload, is_decoder)
-    if not e_known:
+    dev = stage_costs(device, "device", workload, is_decoder)
+    srv = stage_costs(server, "server", workload, is_decoder)
+    if not dev.energy_known:
         notes.append("device profile has no energy figures and no power model: device energy not counted")
     if device.context.energy_source == "estimate":
         notes.append("device energy is the profile's estimate (power model x time), not a hardware counter")
@@ -491,12 +425,12 @@ def build_cost_model(
     down_t[:n_st] = device.result_payload.per_token_bytes if is_decoder else 0
     return CostModel(
         num_blocks=L, names=stage_names(L), batch=device.context.batch, workload=workload, wire_dtype=wire_dtype,
-        is_decoder=is_decoder, dev_prefill_ms=dp, dev_token_ms=dt, dev_prefill_j=dpj, dev_token_j=dtj,
-        srv_prefill_ms=sp, srv_token_ms=st,
+        is_decoder=is_decoder, dev_prefill_ms=dev.prefill_ms, dev_token_ms=dev.token_ms, dev_prefill_j=dev.prefill_j,
+        dev_token_j=dev.token_j, srv_prefill_ms=srv.prefill_ms, srv_token_ms=srv.token_ms,
         param_bytes=np.array([s.param_bytes for s in device.stages], dtype=float),
         kv_bytes_per_token=np.array([s.kv_cache_bytes_per_token for s in device.stages], dtype=float),
         up_prefill_bytes=up_p, up_token_bytes=up_t, down_prefill_bytes=down_p, down_token_bytes=down_t,
-        ratios=_ratio_options(prune, L, notes), energy_known=e_known, notes=notes,
+        ratios=_ratio_options(prune, L, notes), energy_known=dev.energy_known, notes=notes,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from coinfer.errors import InfeasibleError, UserInputError
 from coinfer.planner.cost import Budgets, CostModel, Objective
 from coinfer.planner.link import Link
+from coinfer.planner.tables import link_terms, onward, upto
 from coinfer.reports.plan import Candidate, RatePoint
 from coinfer.vocab import cut_name
 
@@ -30,18 +31,6 @@ class Cumulative:
     distortion: np.ndarray  # (R,)
 
 
-def _upto(x: np.ndarray) -> np.ndarray:
-    """out[..., c] = sum of x[..., :c] for c in 0..N."""
-    z = np.zeros(x.shape[:-1] + (1,))
-    return np.concatenate([z, np.cumsum(x, axis=-1)], axis=-1)
-
-
-def _from(x: np.ndarray) -> np.ndarray:
-    """out[..., c] = sum of x[..., c:] for c in 0..N."""
-    z = np.zeros(x.shape[:-1] + (1,))
-    return np.concatenate([np.cumsum(x[..., ::-1], axis=-1)[..., ::-1], z], axis=-1)
-
-
 def cumulative(model: CostModel) -> Cumulative:
     """Cumulative device/server costs of every cut for every ratio (the search's tables)."""
     m = model.workload.new_tokens
@@ -51,32 +40,13 @@ def cumulative(model: CostModel) -> Cumulative:
     dsd = np.array([np.where(o.device_pruned, 1.0 / o.decode_speedup, 1.0) for o in ops])
     ssp = np.array([np.where(o.server_pruned, 1.0 / o.prefill_speedup, 1.0) for o in ops])
     ssd = np.array([np.where(o.server_pruned, 1.0 / o.decode_speedup, 1.0) for o in ops])
-    dev_ms = _upto(model.dev_prefill_ms * dsp) + m * _upto(model.dev_token_ms * dsd)
-    dev_j = _upto(model.dev_prefill_j * dsp) + m * _upto(model.dev_token_j * dsd)
-    srv_ms = _from(model.srv_prefill_ms * ssp) + m * _from(model.srv_token_ms * ssd)
+    dev_ms = upto(model.dev_prefill_ms * dsp) + m * upto(model.dev_token_ms * dsd)
+    dev_j = upto(model.dev_prefill_j * dsp) + m * upto(model.dev_token_j * dsd)
+    srv_ms = onward(model.srv_prefill_ms * ssp) + m * onward(model.srv_token_ms * ssd)
     scale = np.array([o.param_scale for o in ops])
-    mem = _upto(model.param_bytes * scale + model.kv_bytes_per_token * ctx)
+    mem = upto(model.param_bytes * scale + model.kv_bytes_per_token * ctx)
     allowed = np.array([o.allowed_cuts for o in ops])
     return Cumulative(dev_ms, dev_j, srv_ms, mem, allowed, np.array([o.distortion for o in ops]))
-
-
-def _link_terms(model: CostModel, rtt_ms: float, rate_up: np.ndarray, rate_down: np.ndarray):
-    """Link latency [ms] and airtime [s] of every cut, broadcast over rate arrays.
-
-    ``rate_up`` and ``rate_down`` broadcast against a trailing cut axis of length N+1.
-    """
-    n_st = model.num_stages
-    m = model.workload.new_tokens
-    cuts = np.arange(n_st + 1)
-    crosses = (cuts < n_st).astype(float)
-    split = ((cuts >= 1) & (cuts < n_st)).astype(float)
-    up_bytes = model.up_prefill_bytes + m * model.up_token_bytes
-    down_bytes = model.down_prefill_bytes + m * model.down_token_bytes
-    # Round trips: one for the prefill when anything crosses, one per decode step when split.
-    rtt = rtt_ms * (crosses + m * split)
-    link_ms = up_bytes * 8e3 / rate_up + down_bytes * 8e3 / rate_down + rtt
-    airtime_s = up_bytes * 8 / rate_up
-    return link_ms, airtime_s
 
 
 @dataclass
@@ -98,7 +68,7 @@ def grid(model: CostModel, link: Link, freqs: np.ndarray, objective: Objective, 
     powers = link.powers()
     rate_up = link.uplink_rates(powers)  # (P,)
     rate_down = link.downlink_rate()
-    link_ms, airtime = _link_terms(model, link.rtt_ms, rate_up[:, None], np.array(rate_down))  # (P, C)
+    link_ms, airtime = link_terms(model, link.rtt_ms, rate_up[:, None], np.array(rate_down))  # (P, C)
     dev = cu.dev_ms.T[:, :, None, None] / a[None, None, :, None]
     lat = dev + cu.srv_ms.T[:, :, None, None] + link_ms.T[:, None, None, :]
     e_cmp = cu.dev_j.T[:, :, None, None] * (a * a)[None, None, :, None]
@@ -252,7 +222,7 @@ def sweep_rates(
     for s in range(0, len(rates), chunk):
         rk = rates[s:s + chunk]
         down = np.full_like(rk, fixed_down) if fixed_down is not None else rk
-        link_ms, airtime = _link_terms(model, link.rtt_ms, rk[:, None], down[:, None])  # (K, C)
+        link_ms, airtime = link_terms(model, link.rtt_ms, rk[:, None], down[:, None])  # (K, C)
         lat = base_lat[None] + link_ms[:, :, None, None, None]  # (K, C, R, A, 1)
         energy = e_cmp[None] + (airtime[:, :, None] * powers[None, None, :])[:, :, None, None, :]
         lat = np.broadcast_to(lat, (len(rk), *shape))
