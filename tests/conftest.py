@@ -31,6 +31,33 @@ TINY_CONFIGS = {
     ),
 }
 
+# The config keys of the sizes a test may change, per family (Hugging Face's names, GPT-2's own).
+_HF_SIZE_KEYS = dict(layers="num_hidden_layers", heads="num_attention_heads", kv_heads="num_key_value_heads",
+                     positions="max_position_embeddings", vocab="vocab_size", hidden="hidden_size",
+                     mlp="intermediate_size")
+_SIZE_KEYS = {"gpt2": dict(layers="n_layer", heads="n_head", positions="n_positions", vocab="vocab_size", hidden="n_embd")}
+
+
+def make_tiny_config(family: str, **sizes: int) -> dict:
+    """A copy of ``TINY_CONFIGS[family]`` with some sizes changed.
+
+    Args:
+        family: A key of :data:`TINY_CONFIGS`.
+        **sizes: Any of layers, heads, kv_heads, positions, vocab, hidden, mlp (an unknown name
+            is a KeyError, so a typo cannot leave a size unchanged).
+    """
+    keys = _SIZE_KEYS.get(family, _HF_SIZE_KEYS)
+    cfg = dict(TINY_CONFIGS[family])
+    for name, value in sizes.items():
+        cfg[keys[name]] = value
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """:func:`make_tiny_config`: the one definition of the tiny configs, with sizes a test changes."""
+    return make_tiny_config
+
 
 @pytest.fixture(scope="session")
 def tiny_models():

@@ -10,17 +10,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from coinfer.models.flops import block_flops, head_flops, stage_flops
 from coinfer.models.loading import build_from_config
 
-CFGS = {
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=101),
-    "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=101, max_position_embeddings=128,
-    ),
-    "bert": dict(
-        model_type="bert", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, vocab_size=101, max_position_embeddings=128,
-    ),
-}
+
+@pytest.fixture(scope="module")
+def cfgs(tiny_config):
+    """The shared tiny configs with two blocks."""
+    return {f: tiny_config(f, layers=2) for f in ("gpt2", "llama", "bert")}
 
 
 def _counted(ad, ids, past_state=None):
@@ -36,8 +30,8 @@ def _counted(ad, ids, past_state=None):
     return fb.get_total_flops(), fh.get_total_flops()
 
 
-def test_llama_block_by_hand():
-    ad = build_from_config(CFGS["llama"], name="t").adapter
+def test_llama_block_by_hand(cfgs):
+    ad = build_from_config(cfgs["llama"], name="t").adapter
     # d=64, 4 q heads / 2 kv heads of 16, MLP 96 gated; batch 1, 8 new tokens, none cached
     proj = 2 * 8 * 64 * (64 + 2 * 32)
     out = 2 * 8 * 64 * 64
@@ -51,9 +45,9 @@ def test_llama_block_by_hand():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
-def test_matches_flop_counter_with_eager_attention(family):
+def test_matches_flop_counter_with_eager_attention(family, cfgs):
     # Eager attention is plain matmuls, which the counter sees: the figures must agree exactly.
-    ad = build_from_config(CFGS[family], name="t", attn_implementation="eager").adapter
+    ad = build_from_config(cfgs[family], name="t", attn_implementation="eager").adapter
     ids = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(0))
     block, head = _counted(ad, ids)
     ours = stage_flops(ad, 2, 8, 0, 1)
@@ -63,10 +57,10 @@ def test_matches_flop_counter_with_eager_attention(family):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
-def test_flop_counter_misses_fused_attention_on_cpu(family):
+def test_flop_counter_misses_fused_attention_on_cpu(family, cfgs):
     # With sdpa the CPU attention kernel is not counted by flop_counter: its figure is short by
     # exactly the attention term (scores + weighted sum), everything else agrees.
-    ad = build_from_config(CFGS[family], name="t", attn_implementation="sdpa").adapter
+    ad = build_from_config(cfgs[family], name="t", attn_implementation="sdpa").adapter
     ids = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(0))
     block, _ = _counted(ad, ids)
     q_heads, _ = ad.attention_heads(0)
@@ -74,8 +68,8 @@ def test_flop_counter_misses_fused_attention_on_cpu(family):
     assert stage_flops(ad, 2, 8)["block.0"] - block in (0, attention)
 
 
-def test_decode_step_matches_counter_with_cache():
-    ad = build_from_config(CFGS["llama"], name="t", attn_implementation="eager").adapter
+def test_decode_step_matches_counter_with_cache(cfgs):
+    ad = build_from_config(cfgs["llama"], name="t", attn_implementation="eager").adapter
     st = ad.new_state()
     ids = torch.randint(0, 101, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -86,9 +80,9 @@ def test_decode_step_matches_counter_with_cache():
     assert stage_flops(ad, 1, 1, 12)["block.0"] == block
 
 
-def test_pruned_block_counts_its_own_shapes():
+def test_pruned_block_counts_its_own_shapes(cfgs):
     # Shrink block 1 as structured pruning would: 2 of 4 query heads, 48 of 96 MLP channels.
-    loaded = build_from_config(CFGS["llama"], name="t", attn_implementation="eager")
+    loaded = build_from_config(cfgs["llama"], name="t", attn_implementation="eager")
     ad = loaded.adapter
     layer = ad.blocks()[1]
     attn, mlp = layer.self_attn, layer.mlp

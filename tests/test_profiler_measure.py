@@ -18,22 +18,16 @@ from coinfer.profiler.measure import (
 from coinfer.profiler.timing import DecodeState
 from coinfer.reports import Profile, load_document, write_json
 
-TINY = {
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=101),
-    "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=101, max_position_embeddings=64,
-    ),
-    "mistral": dict(
-        model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=101, sliding_window=4,
-        max_position_embeddings=64,
-    ),
-    "bert": dict(
-        model_type="bert", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, vocab_size=101, max_position_embeddings=64,
-    ),
-}
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config):
+    """The shared tiny configs with 64 positions (none of the default decode contexts fits), 3 or 2 blocks."""
+    return {
+        "gpt2": tiny_config("gpt2", layers=3, positions=64),
+        "llama": tiny_config("llama", layers=3, positions=64),
+        "mistral": tiny_config("mistral", layers=2, positions=64),
+        "bert": tiny_config("bert", layers=2, positions=64),
+    }
 
 
 def quick(**kw) -> ProfileOptions:
@@ -49,9 +43,15 @@ def no_hardware_counter(monkeypatch):
     monkeypatch.setattr(measure, "open_hardware_reader", lambda device: None)
 
 
-def test_decoder_profile_structure_and_payloads(tmp_path):
-    loaded = build_from_config(TINY["llama"], name="tiny-llama")
-    p = profile_loaded(loaded, quick())
+def test_decoder_profile_structure_and_payloads(tmp_path, tiny):
+    loaded = build_from_config(tiny["llama"], name="tiny-llama")
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)  # not the 1 thread the profile runs with, so a restore shows
+    try:
+        p = profile_loaded(loaded, quick())
+        assert torch.get_num_threads() == before + 1  # the caller's threads are restored
+    finally:
+        torch.set_num_threads(before)
     assert [s.name for s in p.stages] == ["embed", "block.0", "block.1", "block.2", "head"]
     assert p.context.batch == 2 and p.context.decode_context_tokens == [4, 16] and p.context.threads == 1
     assert p.context.logits_to_keep == 1 and p.context.context_charged_to == "block.0"
@@ -88,13 +88,12 @@ def test_decoder_profile_structure_and_payloads(tmp_path):
     # at least the gated MLP's gate and up activations, (2, 8, 96) fp32 each, at once
     assert embed.peak_memory_bytes == 2 * 8 * 64 * 4
     assert 2 * (2 * 8 * 96 * 4) <= b0.peak_memory_bytes < 10**6
-    assert torch.get_num_threads() != 0  # threads restored, not left at an odd value
     write_json(p, tmp_path / "p.json")
     assert load_document(tmp_path / "p.json", Profile) == p
 
 
-def test_encoder_has_no_decode_and_sends_back_an_embedding():
-    loaded = build_from_config(TINY["bert"], name="tiny-bert")
+def test_encoder_has_no_decode_and_sends_back_an_embedding(tiny):
+    loaded = build_from_config(tiny["bert"], name="tiny-bert")
     p = profile_loaded(loaded, quick())
     assert all(s.decode == [] for s in p.stages)
     assert p.context.decode_context_tokens == []
@@ -105,15 +104,15 @@ def test_encoder_has_no_decode_and_sends_back_an_embedding():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "mistral"])
-def test_other_decoders_profile(family):
-    p = profile_loaded(build_from_config(TINY[family], name=f"tiny-{family}"), quick(decode_context=[6]))
+def test_other_decoders_profile(family, tiny):
+    p = profile_loaded(build_from_config(tiny[family], name=f"tiny-{family}"), quick(decode_context=[6]))
     assert len(p.stages) == p.model.num_blocks + 2
     assert all(len(s.decode) == 1 for s in p.stages)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
-def test_decode_context_stays_fixed(family):
-    ad = build_from_config(TINY[family], name="t").adapter
+def test_decode_context_stays_fixed(family, tiny):
+    ad = build_from_config(tiny[family], name="t").adapter
     ds = DecodeState(ad, 1, 10, torch.float32, "cpu")
     cache = ds.state.cache
     fresh = cache.get_seq_length()
@@ -125,7 +124,13 @@ def test_decode_context_stays_fixed(family):
             ctx = ad.context(h, ds.state, 0, None)
             for i in range(ad.num_blocks):
                 h = ad.block(i, h, ctx)
-            assert cache.layers[1].keys.shape != keys0.shape or family == "mistral"
+            keys = cache.layers[1].keys
+            if family == "mistral":
+                # the sliding window of 4 keeps the last 3 keys: the step rolls the oldest out
+                assert keys.shape == keys0.shape and torch.equal(keys[..., :-1, :], keys0[..., 1:, :])
+            else:
+                # the step appended the new token's key after the 10 cached ones
+                assert keys.shape[-2] == keys0.shape[-2] + 1 and torch.equal(keys[..., :-1, :], keys0)
             ds.reset()
             # the same cache object, back to exactly the keys it held (no rebuild between steps)
             assert ds.state.cache is cache and cache.get_seq_length() == fresh
@@ -134,14 +139,14 @@ def test_decode_context_stays_fixed(family):
         assert fresh == 10  # a sliding window of 4 holds fewer
 
 
-def test_default_contexts_that_do_not_fit_are_reported():
+def test_default_contexts_that_do_not_fit_are_reported(tiny):
     # 64 positions: none of the defaults 128, 512, 2048 fits; the longest that does (63) stands in
-    p = profile_loaded(build_from_config(TINY["gpt2"], name="t"), quick(decode_context=None, repeats=1))
+    p = profile_loaded(build_from_config(tiny["gpt2"], name="t"), quick(decode_context=None, repeats=1))
     assert p.context.decode_context_tokens == [63]
     assert any("[128, 512, 2048] do not fit" in n and "63 measured instead" in n for n in p.notes)
 
 
-def test_hardware_counter_energy_is_labelled_and_measured(monkeypatch):
+def test_hardware_counter_energy_is_labelled_and_measured(monkeypatch, tiny):
     class Counter:
         source = "rapl"
         min_window_s = 0.0
@@ -154,7 +159,7 @@ def test_hardware_counter_energy_is_labelled_and_measured(monkeypatch):
             return self.j
 
     monkeypatch.setattr(measure, "open_hardware_reader", lambda device: Counter())
-    p = profile_loaded(build_from_config(TINY["llama"], name="t"), quick(power_w=None, decode_context=[4]))
+    p = profile_loaded(build_from_config(tiny["llama"], name="t"), quick(power_w=None, decode_context=[4]))
     assert p.context.energy_source == "rapl" and p.context.power_w is None
     # windows are at least 3 calls and the counter moved 1 J: 1/3 J per call at most
     for s in p.stages:
@@ -162,9 +167,9 @@ def test_hardware_counter_energy_is_labelled_and_measured(monkeypatch):
     assert not any("ESTIMATE" in n for n in p.notes)
 
 
-def test_no_power_model_means_no_energy(monkeypatch):
+def test_no_power_model_means_no_energy(monkeypatch, tiny):
     monkeypatch.setattr(measure, "codecarbon_cpu_power_w", lambda: None)
-    p = profile_loaded(build_from_config(TINY["bert"], name="t"), quick(power_w=None))
+    p = profile_loaded(build_from_config(tiny["bert"], name="t"), quick(power_w=None))
     assert p.context.energy_source == "none"
     assert all(s.prefill_energy_j is None for s in p.stages)
 
@@ -187,8 +192,8 @@ def test_bad_options_fail_before_work(kw, match):
         run_profile("no-such-model-folder", quick(**kw))
 
 
-def test_prompt_or_context_too_long():
-    loaded = build_from_config(TINY["llama"], name="t")
+def test_prompt_or_context_too_long(tiny):
+    loaded = build_from_config(tiny["llama"], name="t")
     with pytest.raises(UserInputError, match="exceeds the model's 64 positions"):
         profile_loaded(loaded, quick(seq_len=65))
     with pytest.raises(UserInputError, match=r"--decode-context \[64\]"):
@@ -201,8 +206,8 @@ def test_cuda_without_gpu_is_a_device_error():
         run_profile("gpt2", quick(device="cuda"))
 
 
-def test_fast_models_get_more_repeats_up_to_the_bound():
-    p = profile_loaded(build_from_config(TINY["bert"], name="t"), quick(min_time_s=60.0, max_repeats=7))
+def test_fast_models_get_more_repeats_up_to_the_bound(tiny):
+    p = profile_loaded(build_from_config(tiny["bert"], name="t"), quick(min_time_s=60.0, max_repeats=7))
     assert all(s.prefill.repeats == 7 for s in p.stages) and p.whole_model.prefill.repeats == 7
     assert p.context.repeats == 3 and p.context.min_time_s == 60.0
 
@@ -216,9 +221,9 @@ def test_parse_context_list():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_cuda_profile(dtype, monkeypatch):
+def test_cuda_profile(dtype, monkeypatch, tiny):
     monkeypatch.undo()  # use NVML when the GPU has it
-    p = profile_loaded(build_from_config(TINY["llama"], name="t"), quick(device="cuda", dtype=dtype, power_w=None))
+    p = profile_loaded(build_from_config(tiny["llama"], name="t"), quick(device="cuda", dtype=dtype, power_w=None))
     assert p.context.device == "cuda" and p.context.dtype == dtype
     assert p.peak_memory_source == "cuda_max_allocated" and p.peak_memory_bytes > 0
     assert all(s.peak_memory_bytes is not None for s in p.stages)
@@ -230,15 +235,15 @@ def test_cuda_profile(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_half_precision_on_cpu(dtype):
-    p = profile_loaded(build_from_config(TINY["llama"], name="t"), quick(dtype=dtype, decode_context=[4]))
+def test_half_precision_on_cpu(dtype, tiny):
+    p = profile_loaded(build_from_config(tiny["llama"], name="t"), quick(dtype=dtype, decode_context=[4]))
     assert p.context.dtype == dtype
     assert p.stages[0].param_bytes == 101 * 64 * 2
     assert p.stages[1].kv_cache_bytes_per_token == 2 * 2 * 16 * 2 * 2  # 2-byte cache entries
     assert any("fp16 on CPU" in n for n in p.notes) == (dtype == "fp16")
 
 
-def test_medians_coverage_and_noise_from_known_timings(monkeypatch):
+def test_medians_coverage_and_noise_from_known_timings(monkeypatch, tiny):
     # A fake runner returns stage i in (i + 1) ms, plus a 10 ms spike that lands in a different
     # stage on each pass; the whole model always takes 30 ms.
     class FakeRunner:
@@ -255,7 +260,7 @@ def test_medians_coverage_and_noise_from_known_timings(monkeypatch):
             return 0.030
 
     monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
-    p = profile_loaded(build_from_config(TINY["llama"], name="t"), quick(repeats=5, warmup=0, decode_context=[4]))
+    p = profile_loaded(build_from_config(tiny["llama"], name="t"), quick(repeats=5, warmup=0, decode_context=[4]))
     # 5 stages, 5 passes: every stage gets one spike, so each median is the clean value, IQR 0
     assert [s.prefill.median_ms for s in p.stages] == pytest.approx([1, 2, 3, 4, 5])
     assert all(s.prefill.iqr_ms == pytest.approx(0) and not s.noisy for s in p.stages)
@@ -269,7 +274,7 @@ def test_medians_coverage_and_noise_from_known_timings(monkeypatch):
     assert any("coverage 0.50 is outside" in n for n in p.notes)
 
 
-def test_noisy_stage_is_flagged(monkeypatch):
+def test_noisy_stage_is_flagged(monkeypatch, tiny):
     class FakeRunner:
         def __init__(self, ad, device, k):
             self.n, self.calls = ad.num_blocks + 2, 0
@@ -284,7 +289,7 @@ def test_noisy_stage_is_flagged(monkeypatch):
             return 0.010
 
     monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
-    p = profile_loaded(build_from_config(TINY["bert"], name="t"), quick(repeats=4, warmup=0))
+    p = profile_loaded(build_from_config(tiny["bert"], name="t"), quick(repeats=4, warmup=0))
     b0 = p.stages[1]
     assert b0.prefill.median_ms == pytest.approx(2.5) and b0.prefill.iqr_ms == pytest.approx(1.5)
     assert b0.noisy and not p.stages[0].noisy

@@ -18,26 +18,16 @@ from coinfer.pruner.structure import prune_copy
 from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.prune import PruneReport
 
-TINY = {
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=4, n_head=4, n_positions=64, vocab_size=97),
-    "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=97, max_position_embeddings=64,
-    ),
-    "bert": dict(
-        model_type="bert", hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, vocab_size=97, max_position_embeddings=64,
-    ),
-}
 QUICK = ["--repeats", "1", "--seq-len", "16", "--windows", "2"]
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, tiny_config):
+    """The shared tiny gpt2, llama and bert with 64 positions and 97 tokens, saved as HF folders."""
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for fam, cfg in TINY.items():
-        m = build_from_config(cfg, name=fam, seed=5)
+    for fam in ("gpt2", "llama", "bert"):
+        m = build_from_config(tiny_config(fam, positions=64, vocab=97), name=fam, seed=5)
         m.model.save_pretrained(root / fam)
         out[fam] = root / fam
     return out
@@ -74,9 +64,15 @@ def test_report_says_what_was_removed(exported):
     assert any("applied" in n for n in r1.notes)
     assert [b.heads_after for b in r5.blocks] == [2, 2, 2, 2]
     assert [b.mlp_channels_after for b in r5.blocks] == [128] * 4
-    # achieved ratio is the parameter count actually removed, from the per-block counts
-    assert r5.achieved_param_ratio == pytest.approx(1 - r5.params_after / r5.params_before)
-    assert r5.params_after == sum(b.params_after for b in r5.blocks)
+    # parameters per block by hand (hidden 64, 4 heads of 16, MLP 256; q/k/v converted to Linear):
+    # 2 layer norms, q/k/v and out projections, MLP up and down, biases included. At 0.5: 2 heads
+    # (q/k/v 64 -> 32, out 32 -> 64) and MLP 128.
+    before = 2 * 128 + 3 * (64 * 64 + 64) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)
+    after = 2 * 128 + 3 * (64 * 32 + 32) + (32 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    assert (before, after) == (49984, 25184)
+    assert [b.params_after for b in r5.blocks] == [after] * 4
+    assert r5.params_before == 4 * before and r5.params_after == 4 * after
+    assert r5.achieved_param_ratio == pytest.approx(1 - after / before)
     assert r5.speedup is not None and r5.speedup.prefill_flops_ratio > 1 and r5.speedup.decode_measured
     assert r5.distortion.kl_next_token > 0 and r5.distortion.perplexity_after > 0
     assert rep.calibration.tokenizer == "bytes" and rep.laplace is not None

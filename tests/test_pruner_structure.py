@@ -17,26 +17,17 @@ from coinfer.models.loading import build_from_config
 from coinfer.pruner import importance, structure
 from coinfer.pruner.structure import prune_copy
 
-TINY = {
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=97),
-    "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=8, num_key_value_heads=2, vocab_size=97, max_position_embeddings=64,
-    ),
-    "qwen2": dict(
-        model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=97, max_position_embeddings=64,
-        use_sliding_window=False,
-    ),
-    "bert": dict(
-        model_type="bert", hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, vocab_size=97, max_position_embeddings=64,
-    ),
-}
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config):
+    """The shared tiny configs with 3 blocks, 64 positions and 97 tokens; llama with 8 query heads in 2 groups."""
+    sizes = dict(layers=3, positions=64, vocab=97)
+    return {"gpt2": tiny_config("gpt2", **sizes), "llama": tiny_config("llama", heads=8, **sizes),
+            "qwen2": tiny_config("qwen2", **sizes), "bert": tiny_config("bert", **sizes)}
 
 
-def _prepared(family: str):
-    m = build_from_config(TINY[family], name=f"t-{family}", seed=3)
+def _prepared(tiny: dict, family: str):
+    m = build_from_config(tiny[family], name=f"t-{family}", seed=3)
     with torch.no_grad():
         m.adapter.prepare_for_pruning()
     return m
@@ -80,8 +71,8 @@ def _masked_original(orig: nn.Module, pruned: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "bert"])
-def test_pruned_equals_original_with_removed_entries_zeroed(family):
-    m = _prepared(family)
+def test_pruned_equals_original_with_removed_entries_zeroed(family, tiny):
+    m = _prepared(tiny, family)
     ad0 = m.adapter
     scores = importance.magnitude_scores(ad0, [0, 1, 2])
     ad, sels = prune_copy(m, 0.5, scores, [0, 1, 2], round_to=8)
@@ -112,8 +103,8 @@ def test_pruned_equals_original_with_removed_entries_zeroed(family):
         ("gpt2", 0.5, 2, 2, 128),
     ],
 )
-def test_counts_follow_the_documented_rounding(family, ratio, heads, kv, channels):
-    m = _prepared(family)
+def test_counts_follow_the_documented_rounding(family, ratio, heads, kv, channels, tiny):
+    m = _prepared(tiny, family)
     scores = importance.magnitude_scores(m.adapter, [0, 1, 2])
     ad, _ = prune_copy(m, ratio, scores, [0, 1, 2], round_to=8)
     for b in range(3):
@@ -121,8 +112,8 @@ def test_counts_follow_the_documented_rounding(family, ratio, heads, kv, channel
                                      "mlp_channels": channels}
 
 
-def test_gqa_removes_query_heads_evenly_per_kv_group():
-    m = _prepared("llama")
+def test_gqa_removes_query_heads_evenly_per_kv_group(tiny):
+    m = _prepared(tiny, "llama")
     ad0 = m.adapter
     hd = ad0.head_dim()
     # Make group 0's heads all weaker than group 1's so a global choice would empty group 0.
@@ -139,8 +130,8 @@ def test_gqa_removes_query_heads_evenly_per_kv_group():
         assert ad.blocks()[b].self_attn.num_key_value_groups == 2
 
 
-def test_gpt2_conversion_keeps_outputs_and_makes_pruning_remove_something():
-    raw = build_from_config(TINY["gpt2"], name="g", seed=3)
+def test_gpt2_conversion_keeps_outputs_and_makes_pruning_remove_something(tiny):
+    raw = build_from_config(tiny["gpt2"], name="g", seed=3)
     ids = _ids(1)
     with torch.no_grad():
         before = raw.model(input_ids=ids).logits
@@ -156,8 +147,8 @@ def test_gpt2_conversion_keeps_outputs_and_makes_pruning_remove_something():
     assert ad.attention_heads(0) == (2, 2) and ad.blocks()[0].attn.split_size == 32
 
 
-def test_device_scope_leaves_server_blocks_untouched():
-    m = _prepared("bert")
+def test_device_scope_leaves_server_blocks_untouched(tiny):
+    m = _prepared(tiny, "bert")
     scores = importance.magnitude_scores(m.adapter, [0])
     ad, _ = prune_copy(m, 0.5, scores, [0], round_to=8)
     assert ad.block_shape(0)["q_heads"] == 2
@@ -167,8 +158,8 @@ def test_device_scope_leaves_server_blocks_untouched():
             assert torch.equal(p1, p2), n1
 
 
-def test_activation_scores_match_an_independent_hook_on_the_mlp_activation():
-    m = _prepared("bert")
+def test_activation_scores_match_an_independent_hook_on_the_mlp_activation(tiny):
+    m = _prepared(tiny, "bert")
     ad = m.adapter
     batches = [_ids(5, 9), _ids(6, 9)]
     got = importance.activation_scores(ad, [1], batches)[1][1]
@@ -184,8 +175,8 @@ def test_activation_scores_match_an_independent_hook_on_the_mlp_activation():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
-def test_taylor_scores_match_autograd_on_one_block():
-    m = _prepared("llama")
+def test_taylor_scores_match_autograd_on_one_block(tiny):
+    m = _prepared(tiny, "llama")
     ad = m.adapter
     ids = _ids(7, 10)
     got_h, got_c = importance.taylor_scores(ad, [2], [ids])[2]

@@ -21,20 +21,16 @@ import torch
 from coinfer.models.payload import activation_bytes, token_ids_bytes
 from coinfer.models.shards import generate_greedy, shard_range
 
-TINY_GPT2 = dict(model_type="gpt2", n_embd=64, n_layer=4, n_head=4, n_positions=128, vocab_size=101)
-TINY_BERT = dict(model_type="bert", hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                 num_attention_heads=4, vocab_size=101, max_position_embeddings=128)
-
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_config):
     """Tiny models saved as HF folders, their loaded copies, and three child servers."""
     from coinfer.models.loading import build_from_config, load_model
     from coinfer.runner import local
 
     root = tmp_path_factory.mktemp("runner")
     folders = {}
-    for name, cfg in (("gpt2", TINY_GPT2), ("bert", TINY_BERT)):
+    for name, cfg in (("gpt2", tiny_config("gpt2")), ("bert", tiny_config("bert"))):
         folders[name] = str(root / name)
         build_from_config(cfg, name=name).model.save_pretrained(folders[name])
     with ThreadPoolExecutor(3) as pool:
@@ -302,7 +298,7 @@ def test_emulated_link_runs_in_a_namespace_and_removes_it(env, tmp_path):
     assert res.link.namespace not in listed
 
 
-def test_exported_shards_run_verified_and_server_refuses_others(env, tmp_path):
+def test_exported_shards_run_verified_and_server_refuses_others(env, tmp_path, tiny_config):
     """Shards exported as safetensors + JSON (as `coinfer prune` does) run on both sides, sha256-checked."""
     from coinfer.errors import IntegrityError, UserInputError
     from coinfer.models.loading import build_from_config
@@ -312,7 +308,7 @@ def test_exported_shards_run_verified_and_server_refuses_others(env, tmp_path):
     from coinfer.runner import local
 
     ident = env["models"]["gpt2"].identity
-    other = build_from_config(TINY_GPT2, name="other", seed=7)  # other weights: proves the shards are what runs
+    other = build_from_config(tiny_config("gpt2"), name="other", seed=7)  # other weights: proves the shards are what runs
     s = split(other, 2)
     refs = {}
     for role, shard in (("device", s.device), ("server", s.server)):
