@@ -243,23 +243,33 @@ def test_half_precision_on_cpu(dtype, tiny):
     assert any("fp16 on CPU" in n for n in p.notes) == (dtype == "fp16")
 
 
-def test_medians_coverage_and_noise_from_known_timings(monkeypatch, tiny):
-    # A fake runner returns stage i in (i + 1) ms, plus a 10 ms spike that lands in a different
-    # stage on each pass; the whole model always takes 30 ms.
+def _fake_runner(stage_times, whole_s: float):
+    """A StagedRunner stand-in: pass number ``call`` (from 1) of ``n`` stages takes
+    ``stage_times(call, n)`` seconds per stage; the whole model always takes ``whole_s``."""
+
     class FakeRunner:
         def __init__(self, ad, device, k):
             self.n, self.calls = ad.num_blocks + 2, 0
 
         def staged(self, x, state, past, capture=None):
             self.calls += 1
-            t = [0.001 * (i + 1) for i in range(self.n)]
-            t[self.calls % self.n] += 0.010
-            return t
+            return stage_times(self.calls, self.n)
 
         def whole(self, x, cache):
-            return 0.030
+            return whole_s
 
-    monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
+    return FakeRunner
+
+
+def test_medians_coverage_and_noise_from_known_timings(monkeypatch, tiny):
+    # Stage i takes (i + 1) ms, plus a 10 ms spike that lands in a different stage on each pass;
+    # the whole model always takes 30 ms.
+    def spiky(call, n):
+        t = [0.001 * (i + 1) for i in range(n)]
+        t[call % n] += 0.010
+        return t
+
+    monkeypatch.setattr(measure, "StagedRunner", _fake_runner(spiky, 0.030))
     p = profile_loaded(build_from_config(tiny["llama"], name="t"), quick(repeats=5, warmup=0, decode_context=[4]))
     # 5 stages, 5 passes: every stage gets one spike, so each median is the clean value, IQR 0
     assert [s.prefill.median_ms for s in p.stages] == pytest.approx([1, 2, 3, 4, 5])
@@ -275,20 +285,12 @@ def test_medians_coverage_and_noise_from_known_timings(monkeypatch, tiny):
 
 
 def test_noisy_stage_is_flagged(monkeypatch, tiny):
-    class FakeRunner:
-        def __init__(self, ad, device, k):
-            self.n, self.calls = ad.num_blocks + 2, 0
+    def growing_block0(call, n):
+        t = [0.001] * n
+        t[1] = 0.001 * call  # block.0: 1, 2, 3, 4 ms -> median 2.5, IQR 1.5
+        return t
 
-        def staged(self, x, state, past, capture=None):
-            self.calls += 1
-            t = [0.001] * self.n
-            t[1] = 0.001 * self.calls  # block.0: 1, 2, 3, 4 ms -> median 2.5, IQR 1.5
-            return t
-
-        def whole(self, x, cache):
-            return 0.010
-
-    monkeypatch.setattr(measure, "StagedRunner", FakeRunner)
+    monkeypatch.setattr(measure, "StagedRunner", _fake_runner(growing_block0, 0.010))
     p = profile_loaded(build_from_config(tiny["bert"], name="t"), quick(repeats=4, warmup=0))
     b0 = p.stages[1]
     assert b0.prefill.median_ms == pytest.approx(2.5) and b0.prefill.iqr_ms == pytest.approx(1.5)
