@@ -43,8 +43,9 @@ def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
 def open_session(conn: socket.socket, req: OpenSession, token: bytes | None, where: str) -> OpenReply:
     """Hello, challenge, request, reply: open one session on a connected control socket.
 
-    With a token, the server must prove it holds the same one before the request is sent, and the
-    request carries this side's proof; without one, a server that asks for a proof is refused.
+    With a token, the request carries this side's proof and the accepting reply must carry the
+    server's; without one, a server that asks for a proof is refused (and with one, a server that
+    asks for none).
 
     Raises:
         DeviceUnavailableError: The server cannot be talked to, is busy, or fails its proof.
@@ -62,9 +63,6 @@ def open_session(conn: socket.socket, req: OpenSession, token: bytes | None, whe
                 if token is None:
                     raise UserInputError(f"server {where} requires a shared secret: give --token-file or set "
                                          f"${auth.TOKEN_ENV}")
-                if not auth.same(ch.server_proof, auth.server_proof(token, nonce, ch.server_nonce)):
-                    raise DeviceUnavailableError(f"server {where} does not hold our token (the tokens differ, or "
-                                                 "it is not the server you meant)")
                 proof = auth.client_proof(token, nonce, ch.server_nonce, protocol.signing_bytes(req))
                 req = req.model_copy(update={"client_proof": proof})
             elif token is not None:
@@ -72,6 +70,10 @@ def open_session(conn: socket.socket, req: OpenSession, token: bytes | None, whe
                                              "unauthenticated server")
             protocol.send_frame(conn, req)
             reply = protocol.parse(OpenReply, protocol.recv_frame(conn))
+            if reply.ok and token is not None and not auth.same(
+                    reply.server_proof, auth.server_proof(token, nonce, ch.server_nonce)):
+                raise DeviceUnavailableError(f"server {where} accepted us without proving it holds our token: "
+                                             "not the server you meant")
     except (ProtocolError, OSError) as exc:
         raise DeviceUnavailableError(f"server {where} did not accept the session: {exc}") from None
     if not reply.ok:

@@ -50,17 +50,13 @@ class Hello(_Msg):
 
 
 class Challenge(_Msg):
-    """The server's answer to :class:`Hello`.
-
-    ``auth`` says whether the device must prove it holds the shared secret; if so the server
-    proves it first (``server_proof``), so a device never talks to a server without the secret.
-    """
+    """The server's answer to :class:`Hello`: its nonce, and whether the device must prove it holds
+    the shared secret. Nothing about the server or its model is said before that proof."""
 
     op: Literal["challenge"] = "challenge"
     protocol: Literal[2] = PROTOCOL_VERSION
     server_nonce: str = Field(pattern=_HEX64)
     auth: Literal["none", "hmac-sha256"]
-    server_proof: str | None = Field(default=None, pattern=_HEX64)
 
 
 class StoreAddress(_Msg):
@@ -104,6 +100,8 @@ class OpenReply(_Msg):
     error: str | None = Field(default=None, max_length=1000)
     store_port: int | None = Field(default=None, ge=1, le=65535)
     retry_after_s: float | None = Field(default=None, ge=0, le=3600, description="busy: when to try again")
+    server_proof: str | None = Field(default=None, pattern=_HEX64,
+                                     description="accepted with authentication: the server's HMAC over both nonces")
 
 
 class MemberReport(_Msg):

@@ -363,26 +363,59 @@ def test_unauthenticated_client_is_refused_and_learns_nothing(model, start):
         _generate(model, srv)
     for req in (_request(model), _request(model, config_sha256="0" * 64), _request(model, bounds=[0, 3, 2])):
         challenge, reply = _hello_then(srv, req)  # no proof
-        assert set(challenge) == {"op", "protocol", "server_nonce", "auth", "server_proof"}
-        assert challenge["auth"] == "hmac-sha256"
-        assert reply == {"ok": False, "error": "authentication failed", "store_port": None, "retry_after_s": None}
+        # the challenge holds a nonce and nothing computed from the token or about the model
+        assert set(challenge) == {"op", "protocol", "server_nonce", "auth"} and challenge["auth"] == "hmac-sha256"
+        assert reply == {"ok": False, "error": "authentication failed", "store_port": None, "retry_after_s": None,
+                         "server_proof": None}
     assert not any(_reveals(json.dumps(e), model) for e in srv.events if e["event"] == "refused")
     assert _generate(model, srv, token=TOKEN) == _unsplit(model)
 
 
-def test_wrong_token_is_refused_both_ways(model, start):
+def test_wrong_token_is_refused(model, start):
     srv = start(token=TOKEN)
     wrong = b"not the right token at all"
-    with pytest.raises(DeviceUnavailableError, match="does not hold our token"):
-        _generate(model, srv, token=wrong)  # the server's proof fails first: the request is never sent
+    with pytest.raises(UserInputError, match="refused the session: authentication failed"):
+        _generate(model, srv, token=wrong)
     _, reply = _hello_then(srv, _request(model), proof_token=wrong)
-    assert reply["error"] == "authentication failed"
+    assert reply["error"] == "authentication failed" and reply["server_proof"] is None
+    since = len(srv.events)
     _, reply = _hello_then(srv, _request(model), proof_token=TOKEN)
-    assert reply["ok"] is True  # the right token: accepted (the session then expires unjoined)
+    assert reply["ok"] is True and reply["server_proof"]  # the right token: accepted, then expires unjoined
     srv.wait("session_failed")
-    no_token_srv = start()
+    assert not [e for e in srv.events[since:] if e["event"] == "refused"]
     with pytest.raises(DeviceUnavailableError, match="refusing an unauthenticated server"):
-        _generate(model, no_token_srv, token=TOKEN)
+        _generate(model, start(), token=TOKEN)
+
+
+def test_device_refuses_a_server_that_cannot_prove_the_token(model):
+    """A fake server that accepts any proof but cannot answer with its own: no tensor is sent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[Any] = []
+
+    def fake() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            recv_frame(conn, 5.0)
+            protocol.send_frame(conn, Challenge(server_nonce=auth.new_nonce(), auth="hmac-sha256"))
+            seen.append(recv_frame(conn, 5.0))
+            protocol.send_frame(conn, OpenReply(ok=True, store_port=1, server_proof="0" * 64))
+            seen.append(conn.recv(1))  # the device hangs up: b""
+
+    t = threading.Thread(target=fake, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(DeviceUnavailableError, match="without proving it holds our token"):
+            _generate(model, Running(_Addr(*listener.getsockname()), t), token=TOKEN)
+    finally:
+        t.join(timeout=10)
+        listener.close()
+    assert seen[0]["client_proof"] and seen[1] == b""
+
+
+@dataclass
+class _Addr:
+    host: str
+    port: int
 
 
 def test_proof_covers_the_request():
