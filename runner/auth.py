@@ -3,8 +3,8 @@
 Both sides hold the same token (``--token-file`` or the ``COINFER_TOKEN`` environment variable);
 it never crosses the wire. The device sends a random nonce, the server answers with its own, the
 device's request carries an HMAC-SHA256 proof over both nonces and the request itself, and only
-then, if the proof holds, does the server answer with its own proof over both nonces, which the
-device checks before any tensor crosses. Each proof is labelled with its direction, so neither
+then, if the proof holds, does the server answer with its own proof over both nonces and its reply,
+which the device checks before any tensor crosses. Each proof is labelled with its direction, so neither
 side can be used to compute the other's answer; fresh nonces make a recorded exchange useless for
 a replay; and the exposed side (the server) gives nothing computed from the token to anyone who
 has not proved first, so an anonymous client cannot collect material to guess the token offline.
@@ -57,9 +57,11 @@ def new_nonce() -> str:
     return secrets.token_hex(32)
 
 
-def server_proof(token: bytes, client_nonce: str, server_nonce: str) -> str:
-    """What the server sends, once the device has proved itself, to prove it holds the token too."""
-    return hmac.new(token, _SERVER_LABEL + client_nonce.encode() + b"|" + server_nonce.encode(), hashlib.sha256).hexdigest()
+def server_proof(token: bytes, client_nonce: str, server_nonce: str, reply: bytes) -> str:
+    """What the server sends, once the device has proved itself, to prove it holds the token too;
+    it also covers the reply's bytes (the store port the device is about to join)."""
+    msg = _SERVER_LABEL + client_nonce.encode() + b"|" + server_nonce.encode() + b"|" + reply
+    return hmac.new(token, msg, hashlib.sha256).hexdigest()
 
 
 def client_proof(token: bytes, client_nonce: str, server_nonce: str, request: bytes) -> str:

@@ -71,7 +71,7 @@ def open_session(conn: socket.socket, req: OpenSession, token: bytes | None, whe
             protocol.send_frame(conn, req)
             reply = protocol.parse(OpenReply, protocol.recv_frame(conn))
             if reply.ok and token is not None and not auth.same(
-                    reply.server_proof, auth.server_proof(token, nonce, ch.server_nonce)):
+                    reply.server_proof, auth.server_proof(token, nonce, ch.server_nonce, protocol.signing_bytes(reply))):
                 raise DeviceUnavailableError(f"server {where} accepted us without proving it holds our token: "
                                              "not the server you meant")
     except (ProtocolError, OSError) as exc:

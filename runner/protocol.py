@@ -217,6 +217,6 @@ def parse(cls: type[_Msg], data: Any) -> Any:
         raise ProtocolError(f"invalid {cls.__name__}: {where}: {first['msg'][:200]}") from None
 
 
-def signing_bytes(req: OpenSession) -> bytes:
-    """The bytes of a request that its ``client_proof`` covers (the request without the proof)."""
-    return req.model_dump_json(exclude={"client_proof"}).encode()
+def signing_bytes(msg: OpenSession | OpenReply) -> bytes:
+    """The bytes of a request or reply that its proof covers: the message without the proof."""
+    return msg.model_dump_json(exclude={"client_proof", "server_proof"}).encode()

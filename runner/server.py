@@ -177,7 +177,7 @@ class Server:
     def _connection(self, conn: socket.socket, peer: Any) -> None:
         try:
             try:
-                req, proof = self._handshake(conn, peer)
+                req, sign = self._handshake(conn, peer)
             except (ProtocolError, OSError) as exc:
                 self._refuse(conn, peer, str(exc) or type(exc).__name__)
                 return
@@ -205,15 +205,15 @@ class Server:
                 self._session_slots.release()
 
         try:
-            self._session(conn, peer, req, proof, release)
+            self._session(conn, peer, req, sign, release)
         finally:
             release()
 
-    def _handshake(self, conn: socket.socket, peer: Any) -> tuple[OpenSession, str | None]:
+    def _handshake(self, conn: socket.socket, peer: Any) -> tuple[OpenSession, Callable[[OpenReply], OpenReply] | None]:
         """Hello, challenge, request; authenticated (when a token is set) before anything is checked.
 
         Returns:
-            The request, and the proof the accepting reply will carry (None without a token).
+            The request, and what signs the accepting reply (None without a token).
         """
         deadline = self.limits.frame_deadline_s
         conn.settimeout(deadline)
@@ -228,7 +228,11 @@ class Server:
         self._check(req)
         if req.store is not None and not auth.same_address(req.store.host, str(peer[0])):
             raise ProtocolError("the session store must be at your own address (or hosted by this server)")
-        return req, auth.server_proof(self.token, hello.client_nonce, nonce) if self.token else None
+        token = self.token
+        if token is None:
+            return req, None
+        return req, lambda r: r.model_copy(update={"server_proof": auth.server_proof(
+            token, hello.client_nonce, nonce, protocol.signing_bytes(r))})
 
     def _check(self, req: OpenSession) -> None:
         ident = self.loaded.identity
@@ -266,7 +270,7 @@ class Server:
                 self._shards[(start, end)] = shard_range(self.loaded, start, end)
             return self._shards[(start, end)]
 
-    def _session(self, conn: socket.socket, peer: Any, req: OpenSession, proof: str | None,
+    def _session(self, conn: socket.socket, peer: Any, req: OpenSession, sign: Callable[[OpenReply], OpenReply] | None,
                  release: Callable[[], None]) -> None:
         sid = req.session_id
         group = None
@@ -280,7 +284,8 @@ class Server:
                 store, sock, port = host_store(local_host, world, timeout)
             else:  # the requesting peer's own address (checked in the handshake)
                 store, port = join_store(req.store.host, req.store.port, world, timeout, join_s), None
-            protocol.send_frame(conn, OpenReply(ok=True, store_port=port, server_proof=proof))
+            reply = OpenReply(ok=True, store_port=port)
+            protocol.send_frame(conn, sign(reply) if sign else reply)
             self.on_event({"event": "session_open", "session": sid, "peer": str(peer[0]), "rank": req.rank,
                            "bounds": req.bounds, "wire_dtype": req.wire_dtype})
             await_members(store, sid, req.rank, world, join_s)

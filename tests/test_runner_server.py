@@ -424,8 +424,10 @@ def test_proof_covers_the_request():
     assert auth.same(p, auth.client_proof(TOKEN, nonce_c, nonce_s, b"request A"))
     assert not auth.same(p, auth.client_proof(TOKEN, nonce_c, nonce_s, b"request B"))
     assert not auth.same(p, auth.client_proof(TOKEN, nonce_s, nonce_c, b"request A"))
-    assert not auth.same(p, auth.server_proof(TOKEN, nonce_c, nonce_s))  # the directions differ
+    assert not auth.same(p, auth.server_proof(TOKEN, nonce_c, nonce_s, b"request A"))  # the directions differ
     assert not auth.same(None, p)
+    s = auth.server_proof(TOKEN, nonce_c, nonce_s, b'{"store_port": 1}')
+    assert not auth.same(s, auth.server_proof(TOKEN, nonce_c, nonce_s, b'{"store_port": 2}'))  # covers the reply
 
 
 def test_token_sources_and_exposure(tmp_path, monkeypatch):
