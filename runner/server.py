@@ -217,7 +217,11 @@ class Server:
         """
         deadline = self.limits.frame_deadline_s
         conn.settimeout(deadline)
-        hello = protocol.parse(Hello, protocol.recv_frame(conn, deadline))
+        first = protocol.recv_frame(conn, deadline)
+        if isinstance(first, dict) and first.get("protocol", protocol.PROTOCOL_VERSION) != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(f"this server speaks coinfer protocol {protocol.PROTOCOL_VERSION}: "
+                                "run the same coinfer version on both sides")
+        hello = protocol.parse(Hello, first)
         nonce = auth.new_nonce()
         protocol.send_frame(conn, Challenge(server_nonce=nonce, auth="hmac-sha256" if self.token else "none"))
         req = protocol.parse(OpenSession, protocol.recv_frame(conn, deadline))

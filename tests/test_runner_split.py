@@ -38,7 +38,9 @@ def env(tmp_path_factory):
         folders[name] = str(root / name)
         build_from_config(cfg, name=name).model.save_pretrained(folders[name])
     with ThreadPoolExecutor(3) as pool:
-        futs = [pool.submit(local.start_server, folders[n], 0, 1, 30.0) for n in ("gpt2", "gpt2", "bert")]
+        # the servers' own knobs: a promised member must join within 1 s (not 5)
+        futs = [pool.submit(local.start_server, folders[n], 0, 1, 30.0, extra_args=["--join-timeout-s", "1"])
+                for n in ("gpt2", "gpt2", "bert")]
         servers = [f.result() for f in futs]
     try:
         yield {
@@ -217,6 +219,7 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(env):
         assert reply["ok"] is False and reply["error"]
     assert "refused" in _raw(srv, first[0])["error"]
     assert "deeper" in _raw(srv, first[2])["error"] and "5000 characters" in _raw(srv, first[3])["error"]
+    assert "protocol 2" in _raw(srv, first[4])["error"] and "invalid Hello" in _raw(srv, first[5])["error"]
     after_hello = [
         {"op": "open", "evil": True},  # unknown fields
         _open_request(env, "bert", config_sha256="0" * 64),  # another model
