@@ -82,8 +82,8 @@ def run_cmd(
         token_file=token_file, max_sessions=max_sessions,
     )
     if role == "server":
-        console.print("note: the tensors cross unencrypted (gloo TCP, no TLS in this torch build); only the control "
-                      "channel is authenticated: use a trusted network or a tunnel")
+        console.print("note: tensors cross unencrypted (gloo over plain TCP; this torch has no gloo TLS): "
+                      "use a trusted network or a tunnel")
     result = run_command(opts, on_event=_event)
     if result is None:
         return

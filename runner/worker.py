@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 
 
 def _serve(args: argparse.Namespace) -> int:
     from coinfer.errors import CoinferError
     from coinfer.runner.api import serve
 
+    lock = threading.Lock()  # sessions run in threads: one whole line per event
+
     def emit(ev: dict) -> None:
-        print(json.dumps(ev), flush=True)
+        with lock:
+            print(json.dumps(ev), flush=True)
 
     shard = (args.shard, args.shard_sha256) if args.shard else None
     try:
