@@ -1,9 +1,10 @@
 """The server role: accept sessions on the JSON control channel and serve several at once.
 
 Every connection is handled in its own thread, at most ``Limits.max_connections`` at a time; the
-handshake (hello, challenge, request) must finish within ``Limits.frame_deadline_s`` per frame, so
-slow or idle clients are dropped fast and never hold anyone else up. A request that passes the
-checks takes one of ``max_sessions`` session slots, or is refused as busy with a retry hint.
+whole handshake (hello in, challenge out, request in) must finish within
+``Limits.handshake_deadline_s``, however the bytes trickle, so slow or idle clients are dropped fast
+and never hold anyone else up. A request that passes the checks takes one of ``max_sessions``
+session slots, or is refused as busy with a retry hint.
 
 Each session gets its own rendezvous store and gloo group (see ``transport``; several groups live
 side by side in one process, each with its own KV cache). A member promised by the request must
@@ -34,7 +35,7 @@ EventSink = Callable[[dict[str, Any]], None]
 class Limits:
     """How long and how many: the server's defences against slow, idle and absent clients."""
 
-    frame_deadline_s: float = 5.0  # each handshake frame, header and body, within this
+    handshake_deadline_s: float = 5.0  # hello in, challenge out, request in: all within this
     join_timeout_s: float = 5.0  # every member of an accepted session joins its group within this
     max_connections: int = 64  # handshakes in progress at once; more are refused at once
     busy_wait_s: float = 1.0  # a request waits this long for a session slot before "busy"
@@ -148,7 +149,7 @@ class Server:
             with self._lock:
                 threads = list(self._threads)
             for t in threads:  # let running sessions finish their cleanup before the socket goes
-                t.join(timeout=self.limits.frame_deadline_s)
+                t.join(timeout=self.limits.handshake_deadline_s)
             self.sock.close()
 
     def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
@@ -215,16 +216,16 @@ class Server:
         Returns:
             The request, and what signs the accepting reply (None without a token).
         """
-        deadline = self.limits.frame_deadline_s
-        conn.settimeout(deadline)
-        first = protocol.recv_frame(conn, deadline)
+        end = time.monotonic() + self.limits.handshake_deadline_s
+        conn.settimeout(self.limits.handshake_deadline_s)
+        first = protocol.recv_frame(conn, self.limits.handshake_deadline_s)
         if isinstance(first, dict) and first.get("protocol", protocol.PROTOCOL_VERSION) != protocol.PROTOCOL_VERSION:
             raise ProtocolError(f"this server speaks coinfer protocol {protocol.PROTOCOL_VERSION}: "
                                 "run the same coinfer version on both sides")
         hello = protocol.parse(Hello, first)
         nonce = auth.new_nonce()
         protocol.send_frame(conn, Challenge(server_nonce=nonce, auth="hmac-sha256" if self.token else "none"))
-        req = protocol.parse(OpenSession, protocol.recv_frame(conn, deadline))
+        req = protocol.parse(OpenSession, protocol.recv_frame(conn, max(0.0, end - time.monotonic())))
         if self.token is not None:
             expected = auth.client_proof(self.token, hello.client_nonce, nonce, protocol.signing_bytes(req))
             if not auth.same(req.client_proof, expected):

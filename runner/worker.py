@@ -37,7 +37,7 @@ def _limits(args: argparse.Namespace):
 
     from coinfer.runner.server import Limits
 
-    given = {k: getattr(args, k) for k in ("frame_deadline_s", "join_timeout_s", "max_connections")}
+    given = {k: getattr(args, k) for k in ("handshake_deadline_s", "join_timeout_s", "max_connections")}
     return replace(Limits(), **{k: v for k, v in given.items() if v is not None})
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--shard-sha256", default=None)
     s.add_argument("--token-file", default=None)
     s.add_argument("--max-sessions", type=int, default=1)
-    s.add_argument("--frame-deadline-s", type=float, default=None)
+    s.add_argument("--handshake-deadline-s", type=float, default=None)
     s.add_argument("--join-timeout-s", type=float, default=None)
     s.add_argument("--max-connections", type=int, default=None)
     d = sub.add_parser("device")

@@ -40,7 +40,7 @@ from coinfer.runner.server import Limits, Server, check_exposure
 
 TINY_GPT2 = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=50)
 TOKEN = b"correct horse battery staple 42"
-FAST = Limits(frame_deadline_s=1.0, join_timeout_s=1.0, max_connections=8, busy_wait_s=0.2, retry_after_s=3.0)
+FAST = Limits(handshake_deadline_s=1.0, join_timeout_s=1.0, max_connections=8, busy_wait_s=0.2, retry_after_s=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def test_trickling_client_is_cut_at_the_frame_deadline(model, start):
 
 
 def test_many_idle_connections_do_not_delay_a_real_client(model, start):
-    srv = start(limits=Limits(frame_deadline_s=60.0, join_timeout_s=5.0, max_connections=32))
+    srv = start(limits=Limits(handshake_deadline_s=60.0, join_timeout_s=5.0, max_connections=32))
     idle = [socket.create_connection(srv.addr, timeout=10) for _ in range(20)]
     try:
         assert _generate(model, srv) == _unsplit(model)
@@ -283,7 +283,7 @@ def test_many_idle_connections_do_not_delay_a_real_client(model, start):
 
 
 def test_connections_past_the_bound_are_refused_at_once_with_a_retry_hint(model, start):
-    srv = start(limits=Limits(frame_deadline_s=60.0, max_connections=3, retry_after_s=2.0))
+    srv = start(limits=Limits(handshake_deadline_s=60.0, max_connections=3, retry_after_s=2.0))
     idle = [socket.create_connection(srv.addr, timeout=10) for _ in range(3)]
     try:
         srv.wait("listening")
@@ -298,9 +298,13 @@ def test_connections_past_the_bound_are_refused_at_once_with_a_retry_hint(model,
 def test_idle_connection_is_closed_fast(start):
     srv = start()
     with socket.create_connection(srv.addr, timeout=10) as s:
-        reply = parse(OpenReply, _read_reply(s))  # sent nothing: refused after the 1 s frame deadline
+        reply = parse(OpenReply, _read_reply(s))  # sent nothing: refused after the 1 s handshake deadline
         assert reply.error == "frame not received in time"
         assert s.recv(1) == b""
+    with socket.create_connection(srv.addr, timeout=10) as s:  # a hello, then nothing: the same deadline
+        protocol.send_frame(s, Hello(client_nonce=auth.new_nonce()))
+        assert parse(Challenge, _read_reply(s)).auth == "none"
+        assert parse(OpenReply, _read_reply(s)).error == "frame not received in time"
 
 
 # -- sessions ------------------------------------------------------------------------------------------
@@ -461,7 +465,7 @@ def test_server_beyond_loopback_without_token_exits_2_in_one_line(tmp_path, monk
 
 
 def test_open_session_reports_busy_as_unavailable_with_the_hint(model, start):
-    srv = start(limits=Limits(frame_deadline_s=60.0, max_connections=1, retry_after_s=7.0))
+    srv = start(limits=Limits(handshake_deadline_s=60.0, max_connections=1, retry_after_s=7.0))
     hold = socket.create_connection(srv.addr, timeout=10)
     try:
         srv.wait("listening")
