@@ -63,6 +63,12 @@ def run_cmd(
     server_profile: str = typer.Option(None, "--server-profile", help="the server's profile (default: the device's)"),
     prune_report: str = typer.Option(None, "--prune-report", help="run the shards 'coinfer prune' exported (sha256-checked)"),
     ratio: float = typer.Option(None, "--ratio", help="which pruning ratio of --prune-report"),
+    token_file: str = typer.Option(
+        None, "--token-file",
+        help="a shared secret (both roles; else $COINFER_TOKEN): proved by challenge-response, never sent; "
+             "required to listen beyond loopback",
+    ),
+    max_sessions: int = typer.Option(1, "--max-sessions", help="server: devices served at the same time; more get 'busy'"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -73,9 +79,11 @@ def run_cmd(
         batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, threads=threads,
         warmup=warmup, repeats=repeats, timeout_s=timeout_s, out=None if role == "server" else out, check=check,
         device_profile=device_profile, server_profile=server_profile, prune_report=prune_report, ratio=ratio,
+        token_file=token_file, max_sessions=max_sessions,
     )
     if role == "server":
-        console.print("note: gloo has no authentication or encryption; listen on loopback or a trusted network only")
+        console.print("note: tensors cross unencrypted (gloo over plain TCP; this torch has no gloo TLS): "
+                      "use a trusted network or a tunnel")
     result = run_command(opts, on_event=_event)
     if result is None:
         return

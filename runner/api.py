@@ -52,6 +52,8 @@ class RunOptions:
     server_profile: str | None = None
     prune_report: str | None = None
     ratio: float | None = None
+    token_file: str | None = None
+    max_sessions: int = 1
 
 
 DEFAULT_PROMPT_TOKENS = 32
@@ -60,22 +62,33 @@ DEFAULT_NEW_TOKENS = 8
 
 # -- server role --------------------------------------------------------------------------------
 def serve(listen: str, model: str, *, seed: int = 0, threads: int = 1, timeout_s: float = 60.0,
-          on_event: EventSink | None = None, max_sessions: int | None = None,
-          shard: tuple[str, str] | None = None) -> None:
+          on_event: EventSink | None = None, stop_after: int | None = None,
+          shard: tuple[str, str] | None = None, token_file: str | None = None, max_sessions: int = 1,
+          limits: Any = None) -> None:
     """Load ``model`` and serve sessions on ``listen`` until interrupted.
 
     Args:
+        stop_after: Return once this many sessions have ended (None: serve until interrupted).
         shard: (path, sha256) of an exported shard config (``coinfer prune``) to serve instead of
             the model's own stages; verified before loading.
+        token_file: The shared secret devices must prove they hold (else ``$COINFER_TOKEN``); one
+            is required unless ``listen`` is a loopback address.
+        max_sessions: Sessions (devices) served at the same time; more are refused as busy.
+        limits: The server's deadlines and bounds (a ``runner.server.Limits``; None: defaults).
 
     Raises:
-        UserInputError: Bad address, or the port cannot be bound.
+        UserInputError: Bad address, the port cannot be bound, no token beyond loopback.
         IntegrityError: The exported shard does not match its sha256.
     """
     from coinfer.models.loading import load_model
-    from coinfer.runner.server import Server, parse_hostport
+    from coinfer.runner.auth import load_token
+    from coinfer.runner.server import Server, check_exposure, parse_hostport
 
     host, port = parse_hostport(listen, "--listen")
+    token = load_token(token_file)
+    check_exposure(host, token)
+    if max_sessions < 1:
+        raise UserInputError("--max-sessions must be at least 1")
     _set_threads(threads)
     loaded = load_model(model, seed=seed)
     fixed = None
@@ -84,13 +97,14 @@ def serve(listen: str, model: str, *, seed: int = 0, threads: int = 1, timeout_s
 
         fixed = load_shard(shard[0], shard[1])
     srv = Server(loaded, host, port, max_timeout_s=timeout_s, on_event=on_event, shard=fixed,
-                 shard_sha256=shard[1] if shard else None)
+                 shard_sha256=shard[1] if shard else None, token=token, max_sessions=max_sessions,
+                 limits=limits)
     try:
         srv.bind()
     except OSError as exc:
         raise UserInputError(f"--listen {listen}: cannot listen there ({exc.strerror or exc})") from None
     try:
-        srv.serve_forever(max_sessions)
+        srv.serve_forever(stop_after)
     except KeyboardInterrupt:
         srv.stop()
 
@@ -128,9 +142,10 @@ def run_device(*, model: str, seed: int, loaded: Any = None, **kw: Any) -> Devic
 def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], input_ids: list[list[int]],
                 attention_mask: list[list[int]] | None, new_tokens: int, wire_dtype: str, runs: int,
                 rtt_ms: float, timeout_s: float, threads: int, check: bool,
-                shards: dict[str, list[str]] | None = None) -> DeviceOutcome:
+                shards: dict[str, list[str]] | None = None, token_file: str | None = None) -> DeviceOutcome:
     import torch
 
+    from coinfer.runner.auth import load_token
     from coinfer.runner.device import run_device_session
 
     _set_threads(threads)
@@ -143,7 +158,8 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
         dev_shard = load_shard(*shards["device"])
     run = run_device_session(loaded, bounds, [(str(h), int(p)) for h, p in members], ids, mask, new_tokens,
                              wire_dtype, runs, rtt_ms, timeout_s, device_shard=dev_shard,
-                             server_shard_sha256=shards["server"][1] if shards else None)
+                             server_shard_sha256=shards["server"][1] if shards else None,
+                             token=load_token(token_file))
     out = run.records[0].output
     matches, diff = _check_output(loaded, out, ids, mask, new_tokens, dev_shard, shards) if check else (None, None)
     return DeviceOutcome(
@@ -238,7 +254,8 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
             raise UserInputError("--role server takes --listen and --model only (the device sends the cut)")
         shards = _resolve_shards(opts.prune_report, opts.ratio)
         serve(opts.listen, opts.model or "gpt2", seed=opts.seed, threads=opts.threads or _default_threads(),
-              timeout_s=opts.timeout_s, on_event=on_event, shard=tuple(shards["server"]) if shards else None)
+              timeout_s=opts.timeout_s, on_event=on_event, shard=tuple(shards["server"]) if shards else None,
+              token_file=opts.token_file, max_sessions=opts.max_sessions)
         return None
     return _run_device_side(opts, on_event or (lambda e: None), passive)
 
@@ -321,7 +338,8 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
                         s.loaded.adapter.is_decoder)
     request = dict(bounds=s.bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
                    new_tokens=s.new_tokens, wire_dtype=s.wire_dtype, runs=opts.warmup + opts.repeats,
-                   rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards)
+                   rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards,
+                   token_file=opts.token_file)
     link = LinkEmulation(rate_bps=s.rate_bps, rtt_ms=s.rtt_ms, rtt_emulated_at_transport=s.rtt_ms > 0)
     if opts.role == "device":
         on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in s.addresses]})
@@ -346,6 +364,9 @@ def _resolve_link(opts: RunOptions) -> _Setup:
     if opts.out is not None:
         check_writable(opts.out)
     threads = opts.threads if opts.threads is not None else _default_threads()
+    from coinfer.runner.auth import load_token
+
+    load_token(opts.token_file)  # a bad token file is found before any work
     if opts.batch < 1 or opts.warmup < 0 or opts.repeats < 1 or opts.timeout_s <= 0:
         raise UserInputError("--batch and --repeats must be >= 1, --warmup >= 0, --timeout-s > 0")
     plan = load_document(opts.plan, Plan) if opts.plan else None
@@ -576,7 +597,7 @@ def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any]
         if n_members:
             shard = request["shards"]["server"] if request.get("shards") else None
             children = stack.enter_context(local.servers(spec, opts.seed, request["threads"], n_members, opts.timeout_s,
-                                                         prefix, shard))
+                                                         prefix, shard, request.get("token_file")))
         members = [[c.host, c.port] for c in children]
         for c in children:
             on_event({"event": "server_ready", "address": f"{c.host}:{c.port}"})

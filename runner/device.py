@@ -10,10 +10,18 @@ from typing import Any
 import torch
 
 from coinfer.errors import DeviceUnavailableError, UserInputError
-from coinfer.runner import protocol
+from coinfer.runner import auth, protocol
 from coinfer.runner.engine import RunRecord, Steps, device_request
-from coinfer.runner.protocol import MemberReport, OpenReply, OpenSession, ProtocolError, StoreAddress
-from coinfer.runner.transport import LinkBroken, join_store, open_group
+from coinfer.runner.protocol import (
+    Challenge,
+    Hello,
+    MemberReport,
+    OpenReply,
+    OpenSession,
+    ProtocolError,
+    StoreAddress,
+)
+from coinfer.runner.transport import LinkBroken, await_members, host_store, join_store, open_group
 
 
 @dataclass
@@ -32,13 +40,45 @@ def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
         raise DeviceUnavailableError(f"cannot reach server {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _open(conn: socket.socket, req: OpenSession, where: str) -> OpenReply:
+def open_session(conn: socket.socket, req: OpenSession, token: bytes | None, where: str) -> OpenReply:
+    """Hello, challenge, request, reply: open one session on a connected control socket.
+
+    With a token, the request carries this side's proof and the accepting reply must carry the
+    server's; without one, a server that asks for a proof is refused (and with one, a server that
+    asks for none).
+
+    Raises:
+        DeviceUnavailableError: The server cannot be talked to, is busy, or fails its proof.
+        UserInputError: The server refused the request, or wants a token this side lacks.
+    """
+    nonce = auth.new_nonce()
     try:
-        protocol.send_frame(conn, req)
-        reply = protocol.parse(OpenReply, protocol.recv_frame(conn))
+        protocol.send_frame(conn, Hello(client_nonce=nonce))
+        frame = protocol.recv_frame(conn)
+        if isinstance(frame, dict) and "ok" in frame:  # refused before the challenge (e.g. busy)
+            reply = protocol.parse(OpenReply, frame)
+        else:
+            ch = protocol.parse(Challenge, frame)
+            if ch.auth == "hmac-sha256":
+                if token is None:
+                    raise UserInputError(f"server {where} requires a shared secret: give --token-file or set "
+                                         f"${auth.TOKEN_ENV}")
+                proof = auth.client_proof(token, nonce, ch.server_nonce, protocol.signing_bytes(req))
+                req = req.model_copy(update={"client_proof": proof})
+            elif token is not None:
+                raise DeviceUnavailableError(f"server {where} asks for no token but we hold one: refusing an "
+                                             "unauthenticated server")
+            protocol.send_frame(conn, req)
+            reply = protocol.parse(OpenReply, protocol.recv_frame(conn))
+            if reply.ok and token is not None and not auth.same(
+                    reply.server_proof, auth.server_proof(token, nonce, ch.server_nonce, protocol.signing_bytes(reply))):
+                raise DeviceUnavailableError(f"server {where} accepted us without proving it holds our token: "
+                                             "not the server you meant")
     except (ProtocolError, OSError) as exc:
         raise DeviceUnavailableError(f"server {where} did not accept the session: {exc}") from None
     if not reply.ok:
+        if reply.retry_after_s is not None:
+            raise DeviceUnavailableError(f"server {where} is {reply.error}")
         raise UserInputError(f"server {where} refused the session: {reply.error}")
     return reply
 
@@ -56,6 +96,7 @@ def run_device_session(
     timeout_s: float = 60.0,
     device_shard: Any = None,
     server_shard_sha256: str | None = None,
+    token: bytes | None = None,
 ) -> DeviceRun:
     """Run ``runs`` requests as rank 0 of a chain.
 
@@ -72,6 +113,7 @@ def run_device_session(
         timeout_s: Per-operation timeout of the session.
         device_shard: An exported (pruned) device shard to run instead of the model's own.
         server_shard_sha256: The exported shard the server must run (its config's sha256).
+        token: The shared secret the servers hold (see ``runner.auth``); None: no authentication.
 
     Raises:
         DeviceUnavailableError: A server cannot be reached, or the session broke.
@@ -95,21 +137,34 @@ def run_device_session(
                 shard_sha256=server_shard_sha256)
     conns: list[socket.socket] = []
     group = None
-    store = None
+    store_sock = None
+    world = len(bounds) - 1
+    s_host, s_port = members[-1]
     try:
-        # The last member (the server) hosts the session's store; the others join it.
-        s_host, s_port = members[-1]
         conn = _connect(s_host, s_port, timeout_s)
         conns.append(conn)
-        reply = _open(conn, OpenSession(rank=len(members), **base), f"{s_host}:{s_port}")
-        store_addr = StoreAddress(host=s_host, port=reply.store_port)
-        for rank, (host, port) in enumerate(members[:-1], start=1):
-            c = _connect(host, port, timeout_s)
-            conns.insert(rank - 1, c)
-            _open(c, OpenSession(rank=rank, store=store_addr, **base), f"{host}:{port}")
+        local_host = conn.getsockname()[0]
+        if len(members) == 1:
+            # One server: it hosts the session's store.
+            reply = open_session(conn, OpenSession(rank=1, **base), token, f"{s_host}:{s_port}")
+            try:
+                store = join_store(s_host, reply.store_port, world, timeout_s)
+            except LinkBroken as exc:
+                raise DeviceUnavailableError(f"session with {s_host}:{s_port} broke: {exc}") from None
+        else:
+            # A chain: the device hosts the store, since a member joins no store but its peer's own.
+            store, store_sock, port = host_store(local_host, world, timeout_s)
+            store_addr = StoreAddress(host=local_host, port=port)
+            for rank in [len(members), *range(1, len(members))]:  # the server first: its socket is open
+                host, port_ = members[rank - 1]
+                c = conn if rank == len(members) else _connect(host, port_, timeout_s)
+                if c is not conn:
+                    conns.insert(rank - 1, c)  # conns stay in chain order, the server's last
+                open_session(c, OpenSession(rank=rank, store=store_addr, **base), token, f"{host}:{port_}")
         try:
-            store = join_store(s_host, store_addr.port, len(bounds) - 1, timeout_s)
-            group = open_group(store, sid, 0, len(bounds) - 1, conn.getsockname()[0], timeout_s, rtt_ms)
+            await_members(store, sid, 0, world, timeout_s)
+            group = open_group(store, sid, 0, world, local_host, timeout_s, rtt_ms)
+            group.listen_sock, store_sock = store_sock, None
             records = [device_request(group, shard, steps, input_ids, attention_mask) for _ in range(runs)]
             reports = []
             for c in conns:
@@ -121,5 +176,7 @@ def run_device_session(
     finally:
         if group is not None:
             group.close()
+        if store_sock is not None:
+            store_sock.close()
         for c in conns:
             c.close()

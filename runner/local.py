@@ -47,12 +47,16 @@ def _env() -> dict[str, str]:
 
 
 def start_server(model: str, seed: int, threads: int, timeout_s: float, prefix: list[str] | None = None,
-                 shard: list[str] | None = None) -> ChildServer:
+                 shard: list[str] | None = None, token_file: str | None = None,
+                 extra_args: list[str] | None = None) -> ChildServer:
     """Start ``coinfer.runner.worker serve`` on 127.0.0.1 (port chosen by the OS) and wait until it listens.
 
-    ``shard`` is (path, sha256) of an exported shard config the server runs instead of the model's stages.
+    ``shard`` is (path, sha256) of an exported shard config the server runs instead of the model's stages;
+    ``token_file`` the shared secret it requires (else ``$COINFER_TOKEN``, inherited).
     """
     extra = ["--shard", shard[0], "--shard-sha256", shard[1]] if shard else []
+    extra += ["--token-file", token_file] if token_file else []
+    extra += extra_args or []
     cmd = [*(prefix or []), *_worker_cmd("serve", "--listen", "127.0.0.1:0", "--model", model, "--seed", str(seed),
                                          "--threads", str(threads), "--timeout-s", str(timeout_s), *extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
@@ -97,12 +101,13 @@ def stop_server(child: ChildServer) -> None:
 
 @contextmanager
 def servers(model: str, seed: int, threads: int, count: int, timeout_s: float,
-            prefix: list[str] | None = None, shard: list[str] | None = None) -> Iterator[list[ChildServer]]:
+            prefix: list[str] | None = None, shard: list[str] | None = None,
+            token_file: str | None = None) -> Iterator[list[ChildServer]]:
     """``count`` child servers, stopped on exit whatever happens."""
     with ExitStack() as stack:
         out: list[ChildServer] = []
         for _ in range(count):
-            child = start_server(model, seed, threads, timeout_s, prefix, shard)
+            child = start_server(model, seed, threads, timeout_s, prefix, shard, token_file)
             stack.callback(stop_server, child)
             out.append(child)
         yield out

@@ -107,14 +107,31 @@ def host_store(bind_host: str, world_size: int, timeout_s: float) -> tuple[Any, 
     return store, sock, port
 
 
-def join_store(host: str, port: int, world_size: int, timeout_s: float) -> Any:
-    """Connect to a session's rendezvous store."""
+def join_store(host: str, port: int, world_size: int, timeout_s: float, connect_timeout_s: float | None = None) -> Any:
+    """Connect to a session's rendezvous store (within ``connect_timeout_s``, default ``timeout_s``)."""
     import torch.distributed as dist
 
     try:
-        return dist.TCPStore(host, port, world_size, False, timeout=datetime.timedelta(seconds=timeout_s))
+        store = dist.TCPStore(host, port, world_size, False,
+                              timeout=datetime.timedelta(seconds=connect_timeout_s or timeout_s))
     except (RuntimeError, TimeoutError) as exc:
         raise LinkBroken(f"cannot reach the session store at {host}:{port}: {_short(exc)}") from None
+    store.set_timeout(datetime.timedelta(seconds=timeout_s))
+    return store
+
+
+def await_members(store: Any, session_id: str, rank: int, world_size: int, timeout_s: float) -> None:
+    """Say this rank has joined the session's store, and wait until every rank has.
+
+    A member that was promised and never comes is noticed here, after ``timeout_s``, rather than
+    after the session's (longer) operation timeout.
+    """
+    prefix = f"coinfer/{session_id}/joined/"
+    try:
+        store.set(f"{prefix}{rank}", "1")
+        store.wait([f"{prefix}{r}" for r in range(world_size) if r != rank], datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, TimeoutError) as exc:
+        raise LinkBroken(f"not every member joined the session within {timeout_s:g} s ({_short(exc)})") from None
 
 
 def open_group(

@@ -9,23 +9,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 
 
 def _serve(args: argparse.Namespace) -> int:
     from coinfer.errors import CoinferError
     from coinfer.runner.api import serve
 
+    lock = threading.Lock()  # sessions run in threads: one whole line per event
+
     def emit(ev: dict) -> None:
-        print(json.dumps(ev), flush=True)
+        with lock:
+            print(json.dumps(ev), flush=True)
 
     shard = (args.shard, args.shard_sha256) if args.shard else None
     try:
         serve(args.listen, args.model, seed=args.seed, threads=args.threads, timeout_s=args.timeout_s, on_event=emit,
-              shard=shard)
+              shard=shard, token_file=args.token_file, max_sessions=args.max_sessions, limits=_limits(args))
     except CoinferError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def _limits(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from coinfer.runner.server import Limits
+
+    given = {k: getattr(args, k) for k in ("handshake_deadline_s", "join_timeout_s", "max_connections")}
+    return replace(Limits(), **{k: v for k, v in given.items() if v is not None})
 
 
 def _device(args: argparse.Namespace) -> int:
@@ -54,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout-s", type=float, default=60.0)
     s.add_argument("--shard", default=None)
     s.add_argument("--shard-sha256", default=None)
+    s.add_argument("--token-file", default=None)
+    s.add_argument("--max-sessions", type=int, default=1)
+    s.add_argument("--handshake-deadline-s", type=float, default=None)
+    s.add_argument("--join-timeout-s", type=float, default=None)
+    s.add_argument("--max-connections", type=int, default=None)
     d = sub.add_parser("device")
     d.add_argument("request")
     d.add_argument("out")

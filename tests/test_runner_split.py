@@ -34,7 +34,9 @@ def env(tmp_path_factory, tiny_config):
         folders[name] = str(root / name)
         build_from_config(cfg, name=name).model.save_pretrained(folders[name])
     with ThreadPoolExecutor(3) as pool:
-        futs = [pool.submit(local.start_server, folders[n], 0, 1, 30.0) for n in ("gpt2", "gpt2", "bert")]
+        # the servers' own knobs: a promised member must join within 1 s (not 5)
+        futs = [pool.submit(local.start_server, folders[n], 0, 1, 30.0, extra_args=["--join-timeout-s", "1"])
+                for n in ("gpt2", "gpt2", "bert")]
         servers = [f.result() for f in futs]
     try:
         yield {
@@ -174,42 +176,68 @@ def _frame(obj) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+def _body(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
 def _open_request(env, family, **over):
     ident = env["models"][family].identity
-    req = dict(op="open", protocol=1, session_id="ab" * 8, config_sha256=ident.config_sha256, weights=ident.weights,
+    req = dict(op="open", protocol=2, session_id="ab" * 8, config_sha256=ident.config_sha256, weights=ident.weights,
                weights_seed=ident.weights_seed, bounds=[0, 3, 6], rank=1, wire_dtype="fp32", batch=1, prompt_tokens=4,
                new_tokens=0, has_mask=False, runs=1, rtt_ms=0.0, timeout_s=1.0)
     req.update(over)
     return req
 
 
+def _handshake_then(child, request: dict) -> dict:
+    """Hello, challenge, then ``request`` as sent (no proof): the server's reply."""
+    with socket.create_connection((child.host, child.port), timeout=10) as s:
+        s.sendall(_frame({"op": "hello", "protocol": 2, "client_nonce": "0" * 64}))
+        (n,) = struct.unpack(">I", s.recv(4))
+        assert json.loads(s.recv(n))["op"] == "challenge"
+        s.sendall(_frame(request))
+        (n,) = struct.unpack(">I", s.recv(4))
+        return json.loads(s.recv(n))
+
+
 def test_bad_requests_are_refused_and_the_server_keeps_serving(env):
     srv = env["bert"]
-    bad = [
+    first = [  # refused as the first frame
         struct.pack(">I", 1 << 30) + b"x" * 16,  # oversized: refused before the body is read
         struct.pack(">I", 5) + b"{nope",  # not JSON
-        _frame({"op": "open", "evil": True}),  # unknown fields
-        _frame(_open_request(env, "bert", config_sha256="0" * 64)),  # another model
-        _frame(_open_request(env, "bert", bounds=[0, 9, 6])),  # bounds out of order
-        _frame(_open_request(env, "bert", new_tokens=3)),  # encoders generate nothing
-        _frame(_open_request(env, "bert", prompt_tokens=500)),  # past the model's positions
+        struct.pack(">I", 2000) + b"[" * 1000 + b"]" * 1000,  # 1,000 deep: a RecursionError once
+        _body(b'{"op": "hello", "protocol": 2, "client_nonce": ' + b"7" * 5000 + b"}"),  # a ValueError once
+        _frame({"op": "hello", "protocol": 1, "client_nonce": "0" * 64}),  # an old client
+        _frame(_open_request(env, "bert")),  # a request without the hello
     ]
-    for payload in bad:
+    for payload in first:
         reply = _raw(srv, payload)
         assert reply["ok"] is False and reply["error"]
-    assert "refused" in _raw(srv, bad[0])["error"]
+    assert "refused" in _raw(srv, first[0])["error"]
+    assert "deeper" in _raw(srv, first[2])["error"] and "5000 characters" in _raw(srv, first[3])["error"]
+    assert "protocol 2" in _raw(srv, first[4])["error"] and "invalid Hello" in _raw(srv, first[5])["error"]
+    after_hello = [
+        {"op": "open", "evil": True},  # unknown fields
+        _open_request(env, "bert", config_sha256="0" * 64),  # another model
+        _open_request(env, "bert", bounds=[0, 9, 6]),  # bounds out of order
+        _open_request(env, "bert", new_tokens=3),  # encoders generate nothing
+        _open_request(env, "bert", prompt_tokens=500),  # past the model's positions
+    ]
+    for request in after_hello:
+        reply = _handshake_then(srv, request)
+        assert reply["ok"] is False and reply["error"]
     assert srv.proc.poll() is None
     out = _device(env, "bert", [0, 3, 6], [_addr(srv)], _ids(1, 5))
     assert out["records"][0]["sent_bytes"] == [activation_bytes(1, 5, 64, "fp32")]
 
 
-def test_session_timeout_then_next_run_works(env):
+def test_session_never_joined_expires_then_next_run_works(env):
     srv = env["bert"]
     since = len(srv.events)
-    # a valid request whose device never joins the group: the server must give up after 1 s
-    with socket.create_connection((srv.host, srv.port), timeout=10) as s:
-        s.sendall(_frame(_open_request(env, "bert", session_id="cd" * 8)))
-        assert _wait_event(srv, "session_failed", since, timeout_s=30)["session"] == "cd" * 8
+    # a valid request whose device never joins the group: the server gives up within seconds
+    assert _handshake_then(srv, _open_request(env, "bert", session_id="cd" * 8, timeout_s=30.0))["ok"] is True
+    failed = _wait_event(srv, "session_failed", since, timeout_s=30)
+    assert failed["session"] == "cd" * 8 and "joined" in failed["error"]
     out = _device(env, "bert", [0, 1, 6], [_addr(srv)], _ids(1, 5))
     assert len(out["members"]) == 1
 
