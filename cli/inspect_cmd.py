@@ -48,7 +48,7 @@ def inspect_cmd(
     ident = loaded.identity
     console.print(
         f"[bold]{ident.name}[/]  family={ident.family} type={ident.model_type} blocks={ident.num_blocks} "
-        f"hidden={ident.hidden_size} params={ident.num_parameters:,} weights: {ident.weights}"
+        f"hidden={ident.hidden_size} params={ident.num_parameters:,} weights: {ident.weights_label}"
     )
     table = Table(title=f"cuts (batch {batch}, {seq_len} tokens, wire {wire_dtype})")
     for col in ("stage", "weights MB", "cut after: shape", "prefill MB", "per token KB"):
