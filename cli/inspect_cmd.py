@@ -7,20 +7,20 @@ from rich.table import Table
 
 from coinfer.cli.app import app, console
 from coinfer.errors import UserInputError
-from coinfer.models.presets import PRESETS, REAL_MODELS
+from coinfer.models.presets import PRESETS, REAL_MODELS, weights_label
 
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the models --model accepts (besides a local Hugging Face folder)."""
+    """List the models --model accepts (besides a local Hugging Face folder or a GGUF file)."""
     table = Table(title="models")
     table.add_column("name")
     table.add_column("weights")
     table.add_column("what")
     for name, what in REAL_MODELS.items():
-        table.add_row(name, "real", what)
+        table.add_row(name, weights_label(name), what)
     for name, (what, _) in PRESETS.items():
-        table.add_row(name, "random", what)
+        table.add_row(name, weights_label(name), what)
     console.print(table)
 
 
