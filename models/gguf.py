@@ -32,6 +32,8 @@ GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROVENANCE_FILE = "coinfer-gguf.json"
 CACHE_ENV = "COINFER_CACHE_DIR"
+# Sub-folder of the cache for converted GGUFs; a new layout gets a new name, never a mixed cache.
+CACHE_LAYOUT = "gguf-v1"
 # File types stored at full precision: the weights are converted, not dequantized.
 _UNQUANTIZED = {"F32", "F16", "BF16"}
 
@@ -207,7 +209,7 @@ def converted_folder(path: str | os.PathLike[str]) -> Path:
         path: The GGUF file.
 
     Returns:
-        ``<cache>/gguf/<sha256 of the file>``, holding ``model.safetensors``, ``config.json``,
+        ``<cache>/gguf-v1/<sha256 of the file>``, holding ``model.safetensors``, ``config.json``,
         tokenizer files when the GGUF has a tokenizer, and ``coinfer-gguf.json``.
 
     Raises:
@@ -216,7 +218,7 @@ def converted_folder(path: str | os.PathLike[str]) -> Path:
     """
     src = Path(path)
     sha = file_sha256(src)
-    parent = cache_root() / "gguf"
+    parent = cache_root() / CACHE_LAYOUT
     final = parent / sha
     if _complete(final):
         return final

@@ -204,6 +204,7 @@ def load_gguf(path: str | os.PathLike[str], *, name: str | None = None, attn_imp
     """
     from coinfer.models.gguf import converted_folder, read_provenance
 
+    _quiet_transformers()  # before the conversion imports transformers
     folder = converted_folder(path)
     record = read_provenance(folder)
     loaded = load_folder(folder, name=name or str(path), attn_implementation=attn_implementation)
