@@ -90,8 +90,6 @@ def prepare(
         window = min(window, max_positions - int(bos))
     stride = min(stride or window, window)
     ids, kind = encode(text.text, tokenizer, vocab_size)
-    if bos and kind == "bytes":
-        raise UserInputError("a BOS token needs the model's tokenizer; this model has none")
     avail = min(len(ids), tokens)
     if avail < window:
         what = f"{len(ids)} tokens" if len(ids) < tokens else f"{tokens} tokens requested"
