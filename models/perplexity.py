@@ -18,10 +18,12 @@ import torch
 
 from coinfer.errors import UnsupportedModelError, UserInputError
 from coinfer.models.corpora import Text, encode
+from coinfer.reports.common import MachineInfo
 from coinfer.reports.quality import (
     DEFAULT_EVAL_TOKENS,
     DEFAULT_WINDOW,
     PerplexityProtocol,
+    PerplexityReport,
     QualityFigures,
     TextRef,
 )
@@ -225,3 +227,51 @@ def evaluate(
         top1_agreement=agree / count if reference is not None else None,
         reference=reference_name if reference is not None else None,
     )
+
+
+def measure(
+    model: str,
+    eval_text: str | None = None,
+    *,
+    tokens: int = DEFAULT_EVAL_TOKENS,
+    window: int = DEFAULT_WINDOW,
+    stride: int | None = None,
+    bos: bool = False,
+    first_token_scored: bool = False,
+    seed: int = 0,
+    threads: int | None = None,
+) -> PerplexityReport:
+    """Dense perplexity of a ``--model`` on a text under the protocol (``coinfer perplexity``).
+
+    Args:
+        model: What ``--model`` names.
+        eval_text: A named text or a UTF-8 file (None: ``shakespeare-eval``).
+        tokens, window, stride, bos, first_token_scored: The protocol (see :func:`prepare`).
+        seed: Seed of a preset's random weights.
+        threads: CPU threads (None: torch's default).
+
+    Raises:
+        UserInputError: A bad text (checked before the model loads) or protocol.
+        UnsupportedModelError: An encoder.
+    """
+    import time
+
+    from coinfer.models.corpora import DEFAULT_EVALUATION, resolve_text
+    from coinfer.models.loading import load_model
+
+    text = resolve_text(eval_text, "--eval-text", DEFAULT_EVALUATION)
+    if threads is not None:
+        if threads < 1:
+            raise UserInputError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+    loaded = load_model(model, seed=seed)
+    evalset = prepare_for(loaded, text, tokens=tokens, window=window, stride=stride, bos=bos,
+                          first_token_scored=first_token_scored)
+    start = time.perf_counter()
+    figures = evaluate(logits_fn(loaded), evalset)
+    import transformers
+
+    machine = MachineInfo.here()
+    machine.torch_version, machine.transformers_version = torch.__version__, transformers.__version__
+    return PerplexityReport(model=loaded.identity, machine=machine, threads=torch.get_num_threads(),
+                            figures=figures, eval_s=time.perf_counter() - start)

@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from coinfer.reports.common import Schema
+from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 
 DEFAULT_EVAL_TOKENS = 4096
 DEFAULT_WINDOW = 512
@@ -113,3 +113,15 @@ class QualityFigures(Schema):
         default=None, ge=0, le=1, description="fraction of scored positions where both models' top token agrees"
     )
     reference: str | None = Field(default=None, description="what the KL and agreement compare to, e.g. 'dense'")
+
+
+class PerplexityReport(Document):
+    """``coinfer perplexity``: one model's figures on one text under one protocol."""
+
+    kind: Literal["perplexity_report"] = "perplexity_report"
+    schema_version: Literal[1] = 1
+    model: ModelIdentity
+    machine: MachineInfo
+    threads: int = Field(ge=1)
+    figures: QualityFigures
+    eval_s: float = Field(ge=0, description="wall time of the evaluation (loading excluded), seconds")
