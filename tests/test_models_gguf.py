@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from coinfer.cli.main import main
 from coinfer.errors import UnsupportedModelError, UserInputError
 from coinfer.models import gguf as cg
 from coinfer.models.loading import load_model
@@ -39,10 +40,53 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
+def _add_tokenizer(w) -> None:
+    # 101 tokens: printable ASCII as byte-level BPE symbols, two specials, two merges, <unk>.
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([b2u[b] for b in range(32, 127)] + ["<s>", "</s>", "Ġt", "he", "Ġthe", "<unk>"])
+    w.add_token_types([1] * 95 + [3, 3, 1, 1, 1, 2])
+    w.add_token_merges(["Ġ t", "h e", "Ġt he"])
+    w.add_bos_token_id(95)
+    w.add_eos_token_id(96)
+
+
+def write_gpt2_gguf(path: Path, model) -> Path:
+    """Write a GPT2LMHeadModel (tied head) as an F32 GGUF, Conv1D weights stored as llama.cpp does."""
+    import gguf
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_name("tiny gpt2")
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(4 * cfg.n_embd)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_tokenizer(w)  # transformers takes GPT-2's vocabulary size from the tokenizer
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, cfg.n_layer)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" or name.endswith(".attn.bias"):
+            continue  # tied to the embedding; a causal-mask buffer
+        a = t.numpy().astype(np.float32)
+        if a.ndim == 2 and any(k in name for k in ("c_attn", "c_proj", "c_fc")):
+            a = a.T  # Conv1D keeps (in, out)
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_llama_gguf(path: Path, model, *, tokenizer: bool = True, truncate_to: int | None = None) -> Path:
     """Write ``model`` (a LlamaForCausalLM) as an F32 GGUF, with a tiny byte-level BPE tokenizer."""
     import gguf
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -59,15 +103,7 @@ def write_llama_gguf(path: Path, model, *, tokenizer: bool = True, truncate_to: 
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     if tokenizer:
-        b2u = bytes_to_unicode()
-        tokens = [b2u[b] for b in range(32, 127)] + ["<s>", "</s>", "Ġt", "he", "Ġthe", "<unk>"]
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens)
-        w.add_token_types([1] * 95 + [3, 3, 1, 1, 1, 2])
-        w.add_token_merges(["Ġ t", "h e", "Ġt he"])
-        w.add_bos_token_id(95)
-        w.add_eos_token_id(96)
+        _add_tokenizer(w)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     for name, t in model.state_dict().items():
         a = t.numpy().astype(np.float32)
@@ -183,6 +219,21 @@ def test_stale_temporary_folder_of_a_dead_process_is_swept(tiny_gguf, cache):
     assert not stale.exists()
 
 
+def test_tiny_gpt2_gguf_loads_back_exactly(tmp_path, cache):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # transformers' GPT-2 GGUF reader keeps the default 1024 positions (it ignores context_length)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=1024, vocab_size=101)).eval()
+    loaded = load_model(str(write_gpt2_gguf(tmp_path / "g.gguf", model)))
+    ids = torch.tensor([[3, 5, 7, 9, 20, 33, 50, 100]])
+    with torch.no_grad():
+        want = model(ids).logits
+        sp = split(loaded, 1, logits_to_keep=0)
+        torch.testing.assert_close(chain_logits_fn([sp.device, sp.server])(ids), want, atol=1e-5, rtol=1e-5)
+    assert loaded.identity.family == "gpt2" and loaded.identity.weights_detail == "converted from GGUF F32"
+
+
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv(cg.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -215,9 +266,15 @@ def test_library_refusals(tmp_path, cache):
     assert not cache.exists()
 
 
-def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, cg.CACHE_ENV: str(cache)}
-    return subprocess.run([sys.executable, "-m", "coinfer.cli.main", *args], capture_output=True, text=True, env=env)
+def _bad_gguf(kind: str, path: Path, good: Path) -> Path:
+    if kind == "other-arch":
+        write_other_arch_gguf(path, "gpt_neox")
+    elif kind.startswith("truncated"):
+        data = good.read_bytes()
+        path.write_bytes(data[:200] if kind == "truncated-header" else data[:-100])
+    elif kind == "junk":
+        path.write_bytes(b"this is not a model\n" * 50)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -225,23 +282,25 @@ def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
     [
         ("other-arch", "GGUF architecture 'gpt_neox' is not supported"),
         ("truncated-header", "not a valid GGUF file"),
-        ("truncated-data", "not a valid GGUF file"),
+        ("truncated-data", "not a valid GGUF file (truncated"),
         ("junk", "not a valid GGUF file"),
         ("missing", "no such GGUF file"),
     ],
 )
-def test_bad_gguf_is_one_line_exit_2_nothing_written(kind, message, tmp_path, tiny_gguf):
-    path = tmp_path / "bad.gguf"
-    if kind == "other-arch":
-        write_other_arch_gguf(path, "gpt_neox")
-    elif kind.startswith("truncated"):
-        data = tiny_gguf[1].read_bytes()
-        path.write_bytes(data[:200] if kind == "truncated-header" else data[:-100])
-    elif kind == "junk":
-        path.write_bytes(b"this is not a model\n" * 50)
+def test_bad_gguf_is_one_line_exit_2_nothing_written(kind, message, tmp_path, tiny_gguf, cache, capsys):
+    path = _bad_gguf(kind, tmp_path / "bad.gguf", tiny_gguf[1])
     out = tmp_path / "p.json"
-    proc = _cli(["profile", "--model", str(path), "-o", str(out)], tmp_path / "cache")
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert not (tmp_path / "cache").exists() and not out.exists()
+    assert main(["profile", "--model", str(path), "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not cache.exists() and not out.exists()
+
+
+def test_bad_gguf_from_a_fresh_process_has_no_traceback(tmp_path, tiny_gguf):
+    path = _bad_gguf("other-arch", tmp_path / "bad.gguf", tiny_gguf[1])
+    env = {**os.environ, cg.CACHE_ENV: str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "inspect", "--model", str(path)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: model {path}: GGUF architecture 'gpt_neox' is not supported; supported: llama, mistral, qwen2, gpt2"
+    assert not (tmp_path / "cache").exists()
