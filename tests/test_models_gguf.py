@@ -18,6 +18,7 @@ from coinfer.models import gguf as cg
 from coinfer.models.loading import load_model
 from coinfer.models.perplexity import chain_logits_fn, logits_fn
 from coinfer.models.shards import generate_greedy, split
+from coinfer.reports.io import file_sha256
 
 HEADS, KV_HEADS, LAYERS = 4, 2, 2
 
@@ -166,7 +167,7 @@ def test_tiny_llama_gguf_loads_back_exactly(tiny_gguf, cache):
     assert greedy.tolist() == ref.tolist()
     ident = loaded.identity
     assert (ident.weights, ident.weights_label) == ("real", "real (converted from GGUF F32)")
-    sha = cg.file_sha256(path)
+    sha = file_sha256(path)
     assert ident.weights_source == f"tiny.gguf sha256:{sha}"
     assert ident.num_blocks == LAYERS and ident.vocab_size == 101
     # The tokenizer came along: the BPE merges give " the" one token.
@@ -185,8 +186,7 @@ def test_second_load_comes_from_the_cache_and_a_folder_names_its_gguf(tiny_gguf,
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(cg, "_convert", no_conversion)
-    monkeypatch.setattr(cg, "read_info", no_conversion)
+    monkeypatch.setattr(cg, "read_info", no_conversion)  # every conversion reads the header first
     again = load_model(str(path.parent))  # the folder holding the one GGUF
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
