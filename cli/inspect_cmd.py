@@ -7,21 +7,21 @@ from rich.table import Table
 
 from coinfer.cli.app import app, console
 from coinfer.errors import UserInputError
-from coinfer.models.presets import PRESETS, REAL_MODELS
+from coinfer.models.presets import PRESETS, REAL_MODELS, weights_label
 from coinfer.vocab import check_wire_dtype
 
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the models --model accepts (besides a local Hugging Face folder)."""
+    """List the models --model accepts (besides a local Hugging Face folder or a GGUF file)."""
     table = Table(title="models")
     table.add_column("name")
     table.add_column("weights")
     table.add_column("what")
     for name, what in REAL_MODELS.items():
-        table.add_row(name, "real", what)
+        table.add_row(name, weights_label(name), what)
     for name, (what, _) in PRESETS.items():
-        table.add_row(name, "random", what)
+        table.add_row(name, weights_label(name), what)
     console.print(table)
 
 
@@ -48,7 +48,7 @@ def inspect_cmd(
     ident = loaded.identity
     console.print(
         f"[bold]{ident.name}[/]  family={ident.family} type={ident.model_type} blocks={ident.num_blocks} "
-        f"hidden={ident.hidden_size} params={ident.num_parameters:,} weights: {ident.weights}"
+        f"hidden={ident.hidden_size} params={ident.num_parameters:,} weights: {ident.weights_label}"
     )
     table = Table(title=f"cuts (batch {batch}, {seq_len} tokens, wire {wire_dtype})")
     for col in ("stage", "weights MB", "cut after: shape", "prefill MB", "per token KB"):

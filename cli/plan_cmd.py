@@ -169,7 +169,7 @@ def plan_cmd(
         sys.stdout.write(to_json(plan))
         return
     ident = plan.model
-    console.print(f"[bold]{ident.name}[/] ({ident.family}, {ident.num_blocks} blocks, weights: {ident.weights}); link "
+    console.print(f"[bold]{ident.name}[/] ({ident.family}, {ident.num_blocks} blocks, weights: {ident.weights_label}); link "
                   f"{fmt_rate(plan.link.uplink_rate_bps)} up / {fmt_rate(plan.link.downlink_rate_bps)} down, "
                   f"RTT {plan.link.rtt_ms:g} ms, wire {plan.link.wire_dtype}; objective {plan.objective}")
     if plan.chain is not None:

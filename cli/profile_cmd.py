@@ -31,7 +31,7 @@ def render_profile(profile) -> Table:
     total = sum(s.prefill.median_ms for s in profile.stages) or 1.0
     title = (
         f"{profile.model.name} on {ctx.device} {ctx.dtype}, batch {ctx.batch}, {ctx.seq_len} tokens, "
-        f"{ctx.threads} threads, weights: {profile.model.weights}"
+        f"{ctx.threads} threads, weights: {profile.model.weights_label}"
     )
     table = Table(title=title, caption="* noisy (IQR/median > 10%)   ~ estimate, not a measurement")
     width = max(len(s.name) for s in profile.stages) + 2

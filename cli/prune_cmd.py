@@ -41,7 +41,7 @@ def prune_cmd(
     rep = run_prune(opts)
     m = rep.model
     console.print(
-        f"[bold]{m.name}[/] ({m.family}, weights: {m.weights}) scope={rep.scope}"
+        f"[bold]{m.name}[/] ({m.family}, weights: {m.weights_label}) scope={rep.scope}"
         + (f" split={rep.split}" if rep.split is not None else "")
         + f" importance={rep.importance} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
     )

