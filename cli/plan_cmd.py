@@ -11,9 +11,9 @@ from rich.table import Table
 from coinfer.cli.app import app, console
 from coinfer.planner.options import request_from_cli
 from coinfer.planner.plan import make_plan
-from coinfer.planner.units import fmt_rate
 from coinfer.reports.io import check_writable, to_json, write_json
 from coinfer.reports.plan import Candidate, Plan
+from coinfer.units import fmt_rate
 
 
 def _ms(v: float | None) -> str:

@@ -10,12 +10,12 @@ from coinfer.errors import UserInputError
 from coinfer.planner.cost import Budgets
 from coinfer.planner.link import Link, wireless_link
 from coinfer.planner.plan import ChainSpec, PlanRequest, member_name
-from coinfer.planner.units import (
-    parse_bandwidth_hz,
+from coinfer.units import (
     parse_bytes,
     parse_distance_m,
     parse_duration_ms,
     parse_energy_j,
+    parse_frequency_hz,
     parse_gain,
     parse_noise_w_per_hz,
     parse_power_w,
@@ -113,7 +113,7 @@ def request_from_cli(
         if rate is not None:
             raise UserInputError("give --rate (a fixed link) or --bandwidth (a wireless uplink), not both")
         link = wireless_link(
-            bandwidth_hz=parse_bandwidth_hz(bandwidth), noise_w_per_hz=parse_noise_w_per_hz(noise_density),
+            bandwidth_hz=parse_frequency_hz(bandwidth), noise_w_per_hz=parse_noise_w_per_hz(noise_density),
             tx_powers_w=powers, channel_gain=parse_gain(channel_gain) if channel_gain is not None else None,
             distance_m=parse_distance_m(distance) if distance is not None else None,
             path_loss_exponent=_positive(path_loss_exp, "--path-loss-exp"),

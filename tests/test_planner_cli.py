@@ -112,7 +112,9 @@ def test_chain_cli(files, capsys, tmp_path):
     [
         (["--rate", "0Mbps"], "must be positive"),
         (["--rate", "nanMbps"], "not a rate"),
-        (["--rate", "20furlongs"], "unknown unit 'furlongs'"),
+        (["--rate", "20furlongs"], "unknown rate unit 'furlongs'"),
+        (["--rate", "20MBps"], "write Mbps for megabits or MB/s for megabytes"),
+        (["--rate", "20Mbps", "--max-energy", "1mj"], "did you mean mJ or MJ"),
         (["--rate", "20"], "missing unit"),
         (["--rate", "-5Mbps"], "must be positive"),
         (["--rate", "20Mbps", "--rtt", "-1ms"], "must not be negative"),
@@ -170,7 +172,7 @@ def test_subprocess_bad_input_has_no_traceback(files):
     proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "plan", "--device", str(files["dev"]),
                            "--server-speedup", "4", "--rate", "1.5 Gbit"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "unknown unit 'Gbit'" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown rate unit 'Gbit'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
