@@ -34,6 +34,7 @@ class PruneOptions:
         measure_speed: Time prefill/decode (off in quick tests).
         round_to: Kept MLP width rounded to a multiple of this.
         output: Report path (checked writable before any work).
+        threads: torch CPU threads for the whole run (None: leave torch's setting).
     """
 
     model: str
@@ -53,6 +54,7 @@ class PruneOptions:
     output: str | None = None
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    threads: int | None = None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -137,6 +139,8 @@ def run_prune(opts: PruneOptions) -> Any:
 
     from coinfer.models.loading import load_model
 
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     loaded = load_model(opts.model, seed=opts.seed)
     L = loaded.adapter.num_blocks
     if opts.split is not None and not 0 <= opts.split <= L:

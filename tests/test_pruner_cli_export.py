@@ -29,7 +29,7 @@ TINY = {
         num_attention_heads=4, vocab_size=97, max_position_embeddings=64,
     ),
 }
-QUICK = ["--repeats", "1", "--seq-len", "16", "--windows", "2"]
+QUICK = ["--repeats", "1", "--prompt-tokens", "16", "--windows", "2"]
 
 
 @pytest.fixture(scope="module")
