@@ -152,7 +152,8 @@ def threads_option() -> Any:
 
 def output_option(what: str, default: str | None = None) -> Any:
     """``-o/--output``."""
-    return typer.Option(default, "--output", "-o", rich_help_panel=OUTPUT, help=f"write the {what} (JSON) here")
+    return typer.Option(default, "--output", "-o", metavar="FILE", rich_help_panel=OUTPUT,
+                        help=f"write the {what} (JSON) here")
 
 
 def json_option(what: str) -> Any:

@@ -103,17 +103,17 @@ def profile_cmd(
     dtype: Dtype = typer.Option(Dtype.fp32, "--dtype", rich_help_panel=MEASUREMENT,
                                 help="weights and activations"),
     decode_context: str | None = typer.Option(
-        None, "--decode-context", rich_help_panel=MEASUREMENT,
+        None, "--decode-context", metavar="N,N,...", rich_help_panel=MEASUREMENT,
         help="KV-cache context lengths at which one decode step is timed, e.g. 128,512,2048; '' = no decode timing "
              "\\[default: 128,512,2048, each beyond the model's positions replaced by the longest that fits]"),
     repeats: int = typer.Option(10, "--repeats", min=1, rich_help_panel=MEASUREMENT,
                                 help="timed repeats per measurement (at least; see --min-time)"),
     warmup: int = typer.Option(2, "--warmup", min=0, rich_help_panel=MEASUREMENT, help="untimed passes first"),
-    min_time: str = typer.Option("1s", "--min-time", rich_help_panel=MEASUREMENT,
+    min_time: str = typer.Option("1s", "--min-time", metavar="DURATION", rich_help_panel=MEASUREMENT,
                                  help="repeat a fast measurement until its timed passes add up to this"),
     threads: int | None = threads_option(),
     power: str | None = typer.Option(
-        None, "--power", rich_help_panel=MEASUREMENT,
+        None, "--power", metavar="POWER", rich_help_panel=MEASUREMENT,
         help="power model for energy estimates where no hardware counter exists, e.g. 15W "
              "\\[default: codecarbon's model of this CPU]"),
     emissions: bool = typer.Option(True, "--emissions/--no-emissions", rich_help_panel=MEASUREMENT,

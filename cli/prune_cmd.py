@@ -22,12 +22,18 @@ from coinfer.cli.common import (
     threads_option,
     verbose_option,
 )
-from coinfer.pruner.importance import IMPORTANCES
 
 PRUNING = "Pruning"
 DEFAULT_OUTPUT = "prune.json"
 
-Importance = StrEnum("Importance", {name: name for name in IMPORTANCES})
+
+
+class Importance(StrEnum):
+    """What ranks heads and channels (the pruner's IMPORTANCES; its module imports torch, the CLI must not)."""
+
+    magnitude = "magnitude"
+    activation = "activation"
+    taylor = "taylor"
 
 
 class Scope(StrEnum):
@@ -69,7 +75,7 @@ def prune_cmd(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", rich_help_panel=OUTPUT,
                               help="with --export: ONNX shards beside the safetensors ones"),
     output: str | None = typer.Option(
-        None, "--output", "-o", rich_help_panel=OUTPUT,
+        None, "--output", "-o", metavar="FILE", rich_help_panel=OUTPUT,
         help=f"write the pruning report (JSON) here \\[default: {DEFAULT_OUTPUT}; with --json only when given]"),
     as_json: bool = json_option("pruning report"),
     quiet: bool = quiet_option(),

@@ -22,6 +22,20 @@ def test_every_command_is_registered():
     assert registered == EXPECTED_COMMANDS
 
 
+def test_the_cli_imports_no_torch():
+    # Every command module is imported at start: heavy imports belong inside the commands.
+    code = "import sys, coinfer.cli.main; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_prune_choices_are_the_pruners():
+    from coinfer.cli.prune_cmd import Importance
+    from coinfer.pruner.importance import IMPORTANCES
+
+    assert [i.value for i in Importance] == list(IMPORTANCES)
+
+
 def test_a_failing_command_import_crashes_loudly():
     # The old registration swallowed ModuleNotFoundError for a command module; now the import is
     # explicit and a missing command module stops the CLI with its traceback.
