@@ -240,18 +240,22 @@ class Output:
         sys.stdout.flush()
 
     @contextlib.contextmanager
-    def work(self, description: str) -> Iterator[Callable[[str], None]]:
+    def work(self, description: str, spinner: bool = True) -> Iterator[Callable[[str], None]]:
         """Run long work: a spinner with the elapsed time on a terminal's stderr, nothing when piped.
 
         With ``--json`` anything the work prints on stdout (an exporter's chatter) goes to stderr,
         so stdout holds the document only.
+
+        Args:
+            description: The status text to start with.
+            spinner: False when the caller shows its own progress bar (one live display at a time).
 
         Yields:
             A function that replaces the status text.
         """
         quiet_stdout = contextlib.redirect_stdout(sys.stderr) if self.as_json else contextlib.nullcontext()
         with quiet_stdout:
-            if not self.progress:
+            if not (self.progress and spinner):
                 yield lambda text: None
                 return
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

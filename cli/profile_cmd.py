@@ -144,7 +144,7 @@ def profile_cmd(
     validate_options(opts)
     if output is not None:
         check_writable(output)
-    with out.work(f"profiling {model}") as status, Progress(
+    with out.work(f"profiling {model}", spinner=False), Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
@@ -158,7 +158,6 @@ def profile_cmd(
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        status(f"profiling {model}")
         profile = run_profile(model, opts, progress)
     if output is not None:
         write_json(profile, output)

@@ -200,3 +200,14 @@ def _stdout_of(fn, argv):
     with contextlib.redirect_stdout(buf):
         assert fn(argv) == 0
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("value", ["20", "20mbit", "20MBps", "20mbps"])
+def test_emulate_rate_and_plan_rate_refuse_alike(files, capsys, value):
+    # One parser: the same refusal, with the accepted spellings, under each option's own name.
+    assert main([*plan(files, "--rate", value)]) == 2
+    plan_err = capsys.readouterr().err.strip()
+    assert main(["run", "--cut", "1", "--emulate-rate", value]) == 2
+    run_err = capsys.readouterr().err.strip()
+    assert "\n" not in plan_err and "accepted: bps, kbps, Mbps" in plan_err
+    assert run_err == plan_err.replace("--rate", "--emulate-rate", 1)
