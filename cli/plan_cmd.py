@@ -86,8 +86,13 @@ def _compared(plan: Plan, base: Candidate, gain: float) -> str:
     if abs(gain - 1.0) <= 1e-9:
         return f"the same {what} as the plan{broken}"
     if gain > 1:
-        return f"the plan's {what} is {gain:.3g}x lower{broken.replace(' but', ';')}"
-    return f"{1 / gain:.3g}x lower {what} than the plan{broken}"
+        return f"the plan's {what} is {_lower(gain)}{broken.replace(' but', ';')}"
+    return f"{_lower(1 / gain)} {what} than the plan{broken}"
+
+
+def _lower(ratio: float) -> str:
+    """'8.4x lower' for a large ratio (higher / lower), '0.47% lower' for a small one (never '1x')."""
+    return f"{ratio:.3g}x lower" if ratio >= 2 else f"{(1 - 1 / ratio) * 100:.2g}% lower"
 
 
 def _render_cuts(plan: Plan, out: Output) -> None:
