@@ -61,7 +61,7 @@ def prune_cmd(
         "magnitude", "--importance", rich_help_panel=PRUNING,
         help="what ranks heads and channels: weight magnitude, activation-aware (Wanda-style; far better on "
              "trained LLMs) or first-order Taylor on the calibration text"),
-    calib: str | None = typer.Option(None, "--calib", rich_help_panel=PRUNING,
+    calib: str | None = typer.Option(None, "--calib", metavar="FILE", rich_help_panel=PRUNING,
                                      help="UTF-8 calibration text \\[default: the sample shipped with coinfer]"),
     windows: int = typer.Option(8, "--windows", min=1, rich_help_panel=PRUNING, help="calibration windows at most"),
     repeats: int = typer.Option(10, "--repeats", min=1, rich_help_panel=MEASUREMENT,
@@ -69,7 +69,7 @@ def prune_cmd(
     no_speed: bool = typer.Option(False, "--no-speed", rich_help_panel=MEASUREMENT,
                                   help="skip the speed measurement"),
     threads: int | None = threads_option(),
-    export: str | None = typer.Option(None, "--export", rich_help_panel=OUTPUT,
+    export: str | None = typer.Option(None, "--export", metavar="FOLDER", rich_help_panel=OUTPUT,
                                       help="folder for the device/server shards of every ratio (needs --split)"),
     force: bool = typer.Option(False, "--force", rich_help_panel=OUTPUT, help="replace a non-empty --export folder"),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", rich_help_panel=OUTPUT,
