@@ -56,8 +56,7 @@ def _render_best(plan: Plan, out: Output) -> None:
                       _ms(ph.total_ms))
     out.print(t)
     out.print(
-        f"total {b.total_latency_ms:,.3f} ms for {plan.prompt_tokens} prompt tokens + {plan.new_tokens} decode steps "
-        f"({_generated(plan)}); device energy {b.energy.total_j:.4g} J (compute {b.energy.compute_j:.4g}, transmit "
+        f"total {b.total_latency_ms:,.3f} ms for {plan.prompt_tokens} prompt tokens{_generated(plan)}; device energy {b.energy.total_j:.4g} J (compute {b.energy.compute_j:.4g}, transmit "
         f"{b.energy.transmit_j:.4g}); device memory {b.device_memory_bytes / 1e6:,.2f} MB; "
         f"distortion {b.distortion:.4g}"
     )
@@ -70,9 +69,10 @@ def _render_best(plan: Plan, out: Output) -> None:
 
 def _generated(plan: Plan) -> str:
     if not plan.model.is_decoder:
-        return "an encoder generates nothing"
+        return " (an encoder: no decoding)"
     n = plan.new_tokens + 1
-    return f"{n} generated token{'s' if n > 1 else ''}: the prefill yields the first"
+    return (f" + {plan.new_tokens} decode steps ({n} generated token{'s' if n > 1 else ''}: the prefill yields "
+            "the first)")
 
 
 def _compared(plan: Plan, base: Candidate, gain: float) -> str:
