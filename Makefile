@@ -26,8 +26,8 @@ install: $(STAMP)
 # for a 20 Mbps link with a server derived as 8x faster (no second machine needed).
 demo: $(STAMP)
 	@mkdir -p out
-	$(BIN)/coinfer profile --model minilm --seq-len 128 --repeats 5 -o out/minilm.profile.json
-	$(BIN)/coinfer plan --device out/minilm.profile.json --server-speedup 8 --rate 20Mbps --rtt 10ms \
+	$(BIN)/coinfer profile --model minilm --prompt-tokens 128 --repeats 5 -o out/minilm.profile.json
+	$(BIN)/coinfer plan --device-profile out/minilm.profile.json --server-speedup 8 --rate 20Mbps --rtt 10ms \
 		--sweep-rate 100kbps:1Gbps -o out/plan.json
 
 lint: $(STAMP)

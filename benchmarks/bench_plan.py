@@ -78,7 +78,7 @@ def bench_plan_80(repeats: int, tmp: Path) -> dict:
     write_json(dev, tmp / "dev.json")
     write_json(prune, tmp / "prune.json")
     req = PlanRequest(devices=[("device", str(tmp / "dev.json"))], link=link, server_speedup=8.0,
-                      prune=str(tmp / "prune.json"), prompt_tokens=128, new_tokens=32, budgets=Budgets(distortion=0.2),
+                      prune=str(tmp / "prune.json"), prompt_tokens=128, decode_steps=32, budgets=Budgets(distortion=0.2),
                       sweep=(1e6, 1e9, 1000))
     out = {
         "blocks": 80, "ratios": len(RATIOS) + 1, "rates": len(rates),
@@ -86,8 +86,8 @@ def bench_plan_80(repeats: int, tmp: Path) -> dict:
         "core_6freq": timed(core(np.linspace(1.0, 0.5, 6)), repeats),
         "make_plan_from_files": timed(lambda: make_plan(req), repeats),
     }
-    cmd = [sys.executable, "-m", "coinfer.cli.main", "plan", "--device", str(tmp / "dev.json"), "--server-speedup", "8",
-           "--prune", str(tmp / "prune.json"), "--rate", "20Mbps", "--rtt", "10ms", "--new-tokens", "32",
+    cmd = [sys.executable, "-m", "coinfer.cli.main", "plan", "--device-profile", str(tmp / "dev.json"), "--server-speedup", "8",
+           "--prune-report", str(tmp / "prune.json"), "--rate", "20Mbps", "--rtt", "10ms", "--decode-steps", "32",
            "--sweep-rate", "1Mbps:1Gbps:1000", "--max-distortion", "0.2", "--json"]
     out["cli_process"] = timed(lambda: subprocess.run(cmd, check=True, capture_output=True), max(1, repeats // 3))
     return out

@@ -1,4 +1,4 @@
-"""Entry point: runs the typer app and maps CoinferError to one line and exit code 2."""
+"""Entry point: registers every command, runs the app, and turns bad input into one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -8,38 +8,52 @@ from coinfer.openmp import configure_openmp_wait
 
 configure_openmp_wait()  # before any command imports torch
 
-from coinfer.cli import inspect_cmd  # noqa: E402, F401  (registers commands)
+# Every command module registers itself on the app when imported. The imports are explicit: a
+# command module that fails to import must crash here, loudly, not vanish from the CLI.
+from coinfer.cli import inspect_cmd, perplexity_cmd, plan_cmd, profile_cmd, prune_cmd, run_cmd  # noqa: E402
 from coinfer.cli.app import app, err_console  # noqa: E402
 from coinfer.errors import CoinferError  # noqa: E402
 
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+from typer import Abort  # noqa: E402
+
+COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd)
+COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity")
 EXIT_USER_ERROR = 2
 
 
-def _register_optional() -> None:
-    # Each stage's command lives in its own module; import them so they register on the app.
-    import importlib
-
-    for name in ("profile_cmd", "prune_cmd", "plan_cmd", "run_cmd", "perplexity_cmd"):
-        try:
-            importlib.import_module(f"coinfer.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"coinfer.cli.{name}":
-                raise
+def _one_line(text: str) -> None:
+    err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-_register_optional()
+def _usage_hint(exc: ClickException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    return f" (see '{ctx.command_path} --help')" if ctx is not None else ""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; library errors become one line on stderr and exit code 2."""
+    """Run the CLI; bad input (options or library errors) becomes one line on stderr and exit code 2."""
     try:
-        app(args=argv, prog_name="coinfer")
+        rv = app(args=argv, prog_name="coinfer", standalone_mode=False)
     except CoinferError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _one_line(str(exc))
         return EXIT_USER_ERROR
+    except NoArgsIsHelpError as exc:  # the help was printed already (rich help prints as it formats)
+        if exc.format_message().strip():
+            exc.show()
+        return 0
+    except ClickException as exc:
+        _one_line(" ".join(exc.format_message().split()) + _usage_hint(exc))
+        return EXIT_USER_ERROR
+    except Abort:
+        err_console.print("aborted", markup=False)
+        return 130
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

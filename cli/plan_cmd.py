@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-import sys
+from enum import StrEnum
 
 import typer
 from rich import box
 from rich.table import Table
 
-from coinfer.cli.app import app, console
+from coinfer.cli.common import (
+    BUDGETS,
+    CHAIN,
+    LINK,
+    MODEL,
+    SEARCH,
+    Output,
+    Renamed,
+    WireDtype,
+    command,
+    decode_steps_option,
+    json_option,
+    output_option,
+    prompt_tokens_option,
+    quiet_option,
+    verbose_option,
+)
 from coinfer.planner.options import request_from_cli
-from coinfer.planner.plan import make_plan
-from coinfer.planner.units import fmt_rate
-from coinfer.reports.io import check_writable, to_json, write_json
+from coinfer.planner.plan import DEFAULT_DECODE_STEPS, MODEL_NOTES, make_plan
+from coinfer.reports.io import check_writable, write_json
 from coinfer.reports.plan import Candidate, Plan
+from coinfer.units import fmt_rate
 
 
 def _ms(v: float | None) -> str:
@@ -24,11 +40,12 @@ def _power(c: Candidate) -> str:
     return "-" if c.tx_power_w is None else f"{c.tx_power_w:.3g}"
 
 
-def _render_best(plan: Plan) -> None:
+def _render_best(plan: Plan, out: Output) -> None:
     b = plan.best
-    console.print(
+    out.print(
         f"[bold]best[/]: cut {b.cut} ({b.cut_name}), ratio {b.ratio:g}, freq scale {b.freq_scale:g}, "
-        f"tx power {_power(b)} W, uplink {fmt_rate(b.uplink_rate_bps or plan.link.uplink_rate_bps)}"
+        + ("" if b.tx_power_w is None else f"tx power {_power(b)} W, ")
+        + f"uplink {fmt_rate(b.uplink_rate_bps or plan.link.uplink_rate_bps)}"
     )
     t = Table(title="predicted latency (ms)")
     for col in ("phase", "device", "uplink", "server", "downlink", "total"):
@@ -37,28 +54,54 @@ def _render_best(plan: Plan) -> None:
         if ph is not None:
             t.add_row(name, _ms(ph.device_ms), _ms(ph.uplink_ms), _ms(ph.server_ms), _ms(ph.downlink_ms),
                       _ms(ph.total_ms))
-    console.print(t)
-    console.print(
-        f"total {b.total_latency_ms:,.3f} ms for {plan.prompt_tokens} prompt + {plan.new_tokens} new tokens; "
-        f"device energy {b.energy.total_j:.4g} J (compute {b.energy.compute_j:.4g}, transmit "
+    out.print(t)
+    out.print(
+        f"total {b.total_latency_ms:,.3f} ms for {plan.prompt_tokens} prompt tokens{_generated(plan)}; device energy {b.energy.total_j:.4g} J (compute {b.energy.compute_j:.4g}, transmit "
         f"{b.energy.transmit_j:.4g}); device memory {b.device_memory_bytes / 1e6:,.2f} MB; "
         f"distortion {b.distortion:.4g}"
     )
     for label, base, gain in (("all on device", plan.all_device, plan.gain_over_all_device),
                               ("all on server", plan.all_server, plan.gain_over_all_server)):
         if base is not None and gain is not None:
-            broken = "" if base.feasible else f" (breaks: {'; '.join(base.violations)})"
-            console.print(f"vs {label} (unpruned): {base.total_latency_ms:,.4g} ms, {base.energy.total_j:.4g} J; "
-                          f"the plan's {plan.objective} is {gain:.3g}x better{broken}", highlight=False)
+            out.print(f"vs {label} (unpruned): {base.total_latency_ms:,.4g} ms, {base.energy.total_j:.4g} J; "
+                      f"{_compared(plan, base, gain)}", highlight=False)
 
 
-def _render_cuts(plan: Plan) -> None:
-    # Only the columns that vary, with short headers, so the table fits in 80 columns.
+def _generated(plan: Plan) -> str:
+    if not plan.model.is_decoder:
+        return " (an encoder: no decoding)"
+    n = plan.new_tokens + 1
+    return (f" + {plan.new_tokens} decode steps ({n} generated token{'s' if n > 1 else ''}: the prefill yields "
+            "the first)")
+
+
+def _compared(plan: Plan, base: Candidate, gain: float) -> str:
+    """How the plan compares with a baseline, in words that fit when the plan is that baseline."""
+    b = plan.best
+    what = "weighted cost" if plan.objective == "weighted" else plan.objective
+    same = (base.cut, base.ratio, base.freq_scale, base.tx_power_w) == (b.cut, b.ratio, b.freq_scale, b.tx_power_w)
+    if same:
+        return "the plan is this configuration"
+    broken = "" if base.feasible else f" but breaks: {'; '.join(base.violations)}"
+    if abs(gain - 1.0) <= 1e-9:
+        return f"the same {what} as the plan{broken}"
+    if gain > 1:
+        return f"the plan's {what} is {_lower(gain)}{broken.replace(' but', ';')}"
+    return f"{_lower(1 / gain)} {what} than the plan{broken}"
+
+
+def _lower(ratio: float) -> str:
+    """'8.4x lower' for a large ratio (higher / lower), '0.47% lower' for a small one (never '1x')."""
+    return f"{ratio:.3g}x lower" if ratio >= 2 else f"{(1 - 1 / ratio) * 100:.2g}% lower"
+
+
+def _render_cuts(plan: Plan, out: Output) -> None:
+    # Only the columns that vary, with short headers, so the table fits a narrow terminal.
     show_ratio = len(plan.ratios) > 1
     show_freq = len(plan.freq_scales) > 1
     show_power = plan.link.tx_power_steps > 1
     show_energy = plan.objective != "latency" or "energy_j" in plan.budgets or plan.link.tx_power_w is not None
-    t = Table(title=f"every cut, best configuration at each ({plan.objective}); * = chosen", box=box.SIMPLE_HEAD,
+    t = Table(title=f"every cut at its best ({plan.objective}); * = chosen", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True, show_edge=False)
     cols = ["cut", "device to"] + (["ratio"] if show_ratio else []) + (["freq"] if show_freq else []) + (
         ["tx W"] if show_power else []) + ["prefill", "token", "total ms"] + (
@@ -81,24 +124,24 @@ def _render_cuts(plan: Plan) -> None:
         if not c.feasible:
             kinds = ", ".join(sorted({v.split()[0] for v in c.violations}))
             broken.setdefault(kinds, []).append(c.cut)
-    console.print(t)
-    console.print("prefill and token (one decode step) in ms; J = device energy; MB = device memory", highlight=False)
+    out.print(t)
+    out.print("prefill and token (one decode step) in ms; J = device energy; MB = device memory", highlight=False)
     for kinds, cuts in broken.items():
-        console.print(f"cut {', '.join(map(str, cuts))}: no configuration meets every budget; shown: the best "
+        out.print(f"cut {', '.join(map(str, cuts))}: no configuration meets every budget; shown: the best "
                       f"ignoring budgets, which breaks {kinds}", highlight=False)
 
 
-def _render_sweep(plan: Plan) -> None:
+def _render_sweep(plan: Plan, out: Output) -> None:
     t = Table(title="best configuration by uplink rate")
     for col in ("rate from", "rate to", "cut", "device to", "ratio", "freq"):
         t.add_column(col, justify="right" if col != "device to" else "left")
     for p in plan.rate_sweep:
         t.add_row(fmt_rate(p.rate_from_bps), fmt_rate(p.rate_to_bps), "-" if p.cut is None else str(p.cut),
                   p.cut_name, f"{p.ratio:g}", f"{p.freq_scale:g}")
-    console.print(t)
+    out.print(t)
 
 
-def _render_chain(plan: Plan) -> None:
+def _render_chain(plan: Plan, out: Output) -> None:
     ch = plan.chain
     t = Table(title=f"chain partition ({ch.objective})")
     for col in ("member", "stages", "compute ms", "memory MB"):
@@ -106,80 +149,142 @@ def _render_chain(plan: Plan) -> None:
     for s in ch.segments:
         stages = f"{s.stage_names[0]}..{s.stage_names[-1]}" if s.stage_names else "(none)"
         t.add_row(s.member, stages, _ms(s.compute_ms), f"{s.memory_bytes / 1e6:,.2f}")
-    console.print(t)
+    out.print(t)
     h = Table(title="hops")
     for col in ("link", "rate", "payload KB", "transfer ms"):
         h.add_column(col, justify="left" if col == "link" else "right")
     for hop in ch.hops:
         h.add_row(hop.link, fmt_rate(hop.rate_bps), f"{hop.payload_bytes / 1e3:,.1f}", _ms(hop.transfer_ms))
-    console.print(h)
-    console.print(f"total latency {ch.total_latency_ms:,.3f} ms; bottleneck {ch.bottleneck_ms:,.3f} ms "
+    out.print(h)
+    out.print(f"total latency {ch.total_latency_ms:,.3f} ms; bottleneck {ch.bottleneck_ms:,.3f} ms "
                   f"({ch.throughput_rps:,.2f} requests/s pipelined)")
 
 
-@app.command("plan")
+class Objective(StrEnum):
+    """What the plan minimises."""
+
+    latency = "latency"
+    energy = "energy"
+    weighted = "weighted"
+    throughput = "throughput"
+
+
+class ChainObjective(StrEnum):
+    """What a chain's partition minimises."""
+
+    latency = "latency"
+    throughput = "throughput"
+
+
+@command("plan", renamed={"--device": Renamed("--device-profile"), "--server": Renamed("--server-profile"),
+                          "--prune": Renamed("--prune-report"), "--new-tokens": Renamed("--decode-steps")})
 def plan_cmd(
-    device: list[str] = typer.Option(..., "--device", "-d", help="device profile (NAME=PATH for chain members); repeat for a chain"),
-    server: str | None = typer.Option(None, "--server", "-s", help="server profile"),
-    server_speedup: float | None = typer.Option(None, "--server-speedup", help="derive the server: every stage X times faster"),
-    prune: str | None = typer.Option(None, "--prune", help="pruning report (coinfer prune)"),
-    rate: str | None = typer.Option(None, "--rate", help="fixed uplink rate, e.g. 20Mbps"),
-    down_rate: str | None = typer.Option(None, "--down-rate", help="downlink rate (default: the uplink's)"),
-    rtt: str = typer.Option("0ms", "--rtt", help="round-trip time, e.g. 10ms"),
-    wire_dtype: str = typer.Option("fp32", "--wire-dtype", help="fp32, fp16 or int8"),
-    bandwidth: str | None = typer.Option(None, "--bandwidth", help="wireless uplink bandwidth, e.g. 10MHz"),
-    tx_power: str | None = typer.Option(None, "--tx-power", help="transmit power, e.g. 0.2W or 23dBm"),
-    tx_power_range: str | None = typer.Option(None, "--tx-power-range", help="LO:HI[:STEPS] transmit power to choose from"),
-    channel_gain: str | None = typer.Option(None, "--channel-gain", help="channel power gain, e.g. 1e-9 or -90dB"),
-    distance: str | None = typer.Option(None, "--distance", help="or: distance, e.g. 100m (log-distance path loss)"),
-    path_loss_exp: float = typer.Option(3.0, "--path-loss-exp", help="path-loss exponent"),
-    ref_gain: str = typer.Option("-30dB", "--ref-gain", help="channel gain at 1 m"),
-    noise_density: str = typer.Option("-174dBm/Hz", "--noise-density", help="noise density, W/Hz or dBm/Hz"),
-    prompt_tokens: int | None = typer.Option(None, "--prompt-tokens", help="prompt length (default: profiled)"),
-    new_tokens: int = typer.Option(0, "--new-tokens", help="generated tokens (each crosses the link when split)"),
-    objective: str = typer.Option("latency", "--objective", help="latency, energy or weighted; chains: latency or throughput"),
-    energy_weight: float = typer.Option(1000.0, "--energy-weight", help="weighted: ms worth one joule"),
-    max_latency: str | None = typer.Option(None, "--max-latency", help="budget, e.g. 500ms"),
-    max_energy: str | None = typer.Option(None, "--max-energy", help="budget on device energy, e.g. 2J"),
-    max_memory: str | None = typer.Option(None, "--max-memory", help="budget on device memory, e.g. 4GB"),
-    max_distortion: float | None = typer.Option(None, "--max-distortion", help="budget on output relative MSE"),
-    freq_range: str | None = typer.Option(None, "--freq-range", help="device frequency scale LO:HI[:STEPS], e.g. 0.5:1.0:6"),
-    sweep_rate: str | None = typer.Option(None, "--sweep-rate", help="LO:HI[:N] log-spaced rates, e.g. 1Mbps:1Gbps"),
-    link: list[str] | None = typer.Option(None, "--link", help="chain hop A-B:RATE[:RTT]; repeat"),
-    chain_objective: str = typer.Option("latency", "--chain-objective", help="chain: latency or throughput"),
-    member_memory: list[str] | None = typer.Option(None, "--member-memory", help="chain: NAME:SIZE memory cap"),
-    output: str | None = typer.Option(None, "--output", "-o", help="write the plan (JSON) here"),
-    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of tables"),
+    device: list[str] = typer.Option(
+        ..., "--device-profile", "-d", metavar="FILE|NAME=FILE", rich_help_panel=MODEL,
+        help="the device's profile (coinfer profile); repeat as NAME=FILE for the members of a chain, in order"),
+    server: str | None = typer.Option(None, "--server-profile", "-s", metavar="FILE", rich_help_panel=MODEL,
+                                      help="the server's profile"),
+    server_speedup: float | None = typer.Option(
+        None, "--server-speedup", metavar="X", rich_help_panel=MODEL,
+        help="no server profile: derive one from the device's, every stage X times faster (labelled derived)"),
+    prune: str | None = typer.Option(None, "--prune-report", metavar="FILE", rich_help_panel=MODEL,
+                                     help="pruning report (coinfer prune): choose the ratio with the cut"),
+    prompt_tokens: int | None = prompt_tokens_option(
+        None, help="prompt length \\[default: the device profile's]"),
+    decode_steps: int | None = decode_steps_option(
+        f"decoding steps after the prefill, each crossing the link when split; the prefill yields the first token, "
+        f"so m steps give m + 1 generated tokens \\[default: {DEFAULT_DECODE_STEPS} for a decoder, 0 for an encoder]"),
+    rate: str | None = typer.Option(None, "--rate", metavar="RATE", rich_help_panel=LINK,
+                                    help="fixed uplink rate, e.g. 20Mbps (megabits; MB/s = megabytes per second)"),
+    down_rate: str | None = typer.Option(None, "--down-rate", metavar="RATE", rich_help_panel=LINK,
+                                         help="downlink rate \\[default: the uplink's]"),
+    rtt: str = typer.Option("0ms", "--rtt", metavar="DURATION", rich_help_panel=LINK, help="round-trip time"),
+    wire_dtype: WireDtype = typer.Option(WireDtype.fp32, "--wire-dtype", rich_help_panel=LINK,
+                                         help="the activation's dtype on the link"),
+    bandwidth: str | None = typer.Option(None, "--bandwidth", metavar="FREQUENCY", rich_help_panel=LINK,
+                                         help="instead of --rate, a wireless uplink (Shannon rate) of this bandwidth, "
+                                              "e.g. 10MHz"),
+    tx_power: str | None = typer.Option(None, "--tx-power", metavar="POWER", rich_help_panel=LINK,
+                                        help="transmit power, e.g. 0.2W or 23dBm (counts transmit energy)"),
+    tx_power_range: str | None = typer.Option(None, "--tx-power-range", metavar="LO:HI[:STEPS]", rich_help_panel=LINK,
+                                              help="wireless: transmit powers to choose from, e.g. 10dBm:23dBm:8"),
+    channel_gain: str | None = typer.Option(None, "--channel-gain", metavar="GAIN", rich_help_panel=LINK,
+                                            help="wireless: channel power gain, e.g. 1e-9 or -90dB"),
+    distance: str | None = typer.Option(None, "--distance", metavar="DISTANCE", rich_help_panel=LINK,
+                                        help="wireless, instead of --channel-gain: distance, e.g. 100m "
+                                             "(log-distance path loss)"),
+    path_loss_exp: float = typer.Option(3.0, "--path-loss-exp", rich_help_panel=LINK,
+                                        help="wireless with --distance: path-loss exponent"),
+    ref_gain: str = typer.Option("-30dB", "--ref-gain", metavar="GAIN", rich_help_panel=LINK,
+                                 help="wireless with --distance: channel gain at 1 m"),
+    noise_density: str = typer.Option("-174dBm/Hz", "--noise-density", metavar="DENSITY", rich_help_panel=LINK,
+                                      help="wireless: noise power spectral density, W/Hz or dBm/Hz"),
+    objective: Objective = typer.Option(Objective.latency, "--objective", rich_help_panel=SEARCH,
+                                        help="what to minimise; weighted = latency + energy x --energy-weight; "
+                                             "throughput: chains only"),
+    energy_weight: float = typer.Option(1000.0, "--energy-weight", metavar="MS_PER_J", rich_help_panel=SEARCH,
+                                        help="--objective weighted: milliseconds worth one joule"),
+    freq_range: str | None = typer.Option(None, "--freq-range", metavar="LO:HI[:STEPS]", rich_help_panel=SEARCH,
+                                          help="device frequency scales to choose from (DVFS), e.g. 0.5:1:6 "
+                                               "\\[default: 1, the profiled frequency]"),
+    sweep_rate: str | None = typer.Option(None, "--sweep-rate", metavar="LO:HI[:N]", rich_help_panel=SEARCH,
+                                          help="also the best choice at N log-spaced uplink rates (with --rate), "
+                                               "e.g. 1Mbps:1Gbps"),
+    max_latency: str | None = typer.Option(None, "--max-latency", metavar="DURATION", rich_help_panel=BUDGETS,
+                                           help="end-to-end latency, e.g. 500ms"),
+    max_energy: str | None = typer.Option(None, "--max-energy", metavar="ENERGY", rich_help_panel=BUDGETS,
+                                          help="device energy per request, e.g. 2J"),
+    max_memory: str | None = typer.Option(None, "--max-memory", metavar="SIZE", rich_help_panel=BUDGETS,
+                                          help="device memory, e.g. 4GB or 512MiB"),
+    max_distortion: float | None = typer.Option(None, "--max-distortion", rich_help_panel=BUDGETS,
+                                                help="output relative MSE (D_y of the pruning report)"),
+    link: list[str] | None = typer.Option(None, "--link", metavar="A-B:RATE[:RTT]", rich_help_panel=CHAIN,
+                                          help="a hop between consecutive chain members; repeat"),
+    chain_objective: ChainObjective = typer.Option(ChainObjective.latency, "--chain-objective", rich_help_panel=CHAIN,
+                                                   help="a chain's partition: latency, or throughput (bottleneck; "
+                                                        "ties broken by latency, then hops)"),
+    member_memory: list[str] | None = typer.Option(None, "--member-memory", metavar="NAME:SIZE", rich_help_panel=CHAIN,
+                                                   help="a chain member's memory cap; repeat"),
+    output: str | None = output_option("plan"),
+    as_json: bool = json_option("plan"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Find the best way to run the model across device and server over a link."""
+    out = Output.of(quiet, verbose, as_json)
     if output is not None:
         check_writable(output)
     plan = make_plan(request_from_cli(
         devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
-        rtt=rtt, wire_dtype=wire_dtype, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
+        rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
         channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
-        noise_density=noise_density, prompt_tokens=prompt_tokens, new_tokens=new_tokens, objective=objective,
-        energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy, max_memory=max_memory,
-        max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate, links=link,
-        chain_objective=chain_objective, member_memory=member_memory,
+        noise_density=noise_density, prompt_tokens=prompt_tokens, decode_steps=decode_steps,
+        objective=objective.value, energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy,
+        max_memory=max_memory, max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate,
+        links=link, chain_objective=chain_objective.value, member_memory=member_memory,
     ))
     if output is not None:
         write_json(plan, output)
     if as_json:
-        sys.stdout.write(to_json(plan))
+        out.emit_json(plan)
         return
-    ident = plan.model
-    console.print(f"[bold]{ident.name}[/] ({ident.family}, {ident.num_blocks} blocks, weights: {ident.weights_label}); link "
-                  f"{fmt_rate(plan.link.uplink_rate_bps)} up / {fmt_rate(plan.link.downlink_rate_bps)} down, "
-                  f"RTT {plan.link.rtt_ms:g} ms, wire {plan.link.wire_dtype}; objective {plan.objective}")
+    out.print(_header(plan), highlight=False)
     if plan.chain is not None:
-        _render_chain(plan)
+        _render_chain(plan, out)
     else:
-        _render_best(plan)
-        _render_cuts(plan)
+        _render_best(plan, out)
+        _render_cuts(plan, out)
         if plan.rate_sweep:
-            _render_sweep(plan)
-    for note in plan.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    if output is not None:
-        console.print(f"wrote {output}")
+            _render_sweep(plan, out)
+    out.notes(plan.notes, lambda n: n in MODEL_NOTES)
+    out.wrote(output)
+
+
+def _header(plan: Plan) -> str:
+    ident = plan.model
+    head = f"[bold]{ident.name}[/] ({ident.family}, {ident.num_blocks} blocks, weights: {ident.weights_label}); "
+    if plan.chain is not None:  # every hop, not only the last
+        hops = ", ".join(f"{h.link} {fmt_rate(h.rate_bps)} RTT {h.rtt_ms:g} ms" for h in plan.chain.hops)
+        return head + f"links {hops}; wire {plan.link.wire_dtype}; objective {plan.chain.objective}"
+    return head + (f"link {fmt_rate(plan.link.uplink_rate_bps)} up / {fmt_rate(plan.link.downlink_rate_bps)} down, "
+                   f"RTT {plan.link.rtt_ms:g} ms, wire {plan.link.wire_dtype}; objective {plan.objective}")

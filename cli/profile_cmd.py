@@ -8,7 +8,26 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from coinfer.cli.app import app, console, err_console
+from coinfer.cli.app import err_console
+from coinfer.cli.common import (
+    MEASUREMENT,
+    MODEL,
+    Device,
+    Dtype,
+    Output,
+    Renamed,
+    command,
+    json_option,
+    model_option,
+    output_option,
+    physical_cores,
+    prompt_tokens_option,
+    quiet_option,
+    threads_option,
+    verbose_option,
+)
+from coinfer.errors import UserInputError
+from coinfer.units import parse_duration_s, parse_power_w
 
 
 def _fmt_ms(x: float | None) -> str:
@@ -68,55 +87,71 @@ def render_profile(profile) -> Table:
     return table
 
 
-@app.command("profile")
+# Notes on how the profiler measures (the same for every run): shown with -v.
+METHOD_NOTES = ("GEMM peak:", "decode: KV cache filled", "context building", "stage peak_memory_bytes", "FLOPs:",
+                "head timed with", "GPT-2's tied", "emissions: codecarbon's whole-run estimate")
+
+
+@command("profile", renamed={"--seq-len": Renamed("--prompt-tokens"), "--power-w": Renamed("--power", "W"),
+                             "--min-time-s": Renamed("--min-time", "s")})
 def profile_cmd(
-    model: str = typer.Option("gpt2", "--model", "-m", help="minilm, a preset (see 'coinfer models') or a local HF folder"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16"),
-    seq_len: int = typer.Option(128, "--seq-len", help="prompt tokens per sequence"),
-    batch: int = typer.Option(1, "--batch"),
+    model: str = model_option(),
+    prompt_tokens: int = prompt_tokens_option(help="prompt tokens per sequence of the prefill"),
+    batch: int = typer.Option(1, "--batch", min=1, rich_help_panel=MODEL, help="sequences per batch"),
+    device: Device = typer.Option(Device.cpu, "--device", rich_help_panel=MEASUREMENT,
+                                  help="the compute device measured on"),
+    dtype: Dtype = typer.Option(Dtype.fp32, "--dtype", rich_help_panel=MEASUREMENT,
+                                help="weights and activations"),
     decode_context: str | None = typer.Option(
-        None, "--decode-context", help="context lengths for per-token decode, e.g. 128,512,2048 ('' = none)"
-    ),
-    repeats: int = typer.Option(10, "--repeats", help="timed repeats per measurement"),
-    warmup: int = typer.Option(2, "--warmup", help="untimed passes first"),
-    min_time_s: float = typer.Option(
-        1.0, "--min-time-s", help="repeat fast measurements until their timed passes add up to this"
-    ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)"),
-    power_w: float | None = typer.Option(None, "--power-w", help="power model for energy estimates, watts"),
-    emissions: bool = typer.Option(True, "--emissions/--no-emissions", help="codecarbon whole-run summary"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="write the versioned profile JSON here"),
-    as_json: bool = typer.Option(False, "--json", help="print the profile JSON instead of the table"),
+        None, "--decode-context", metavar="N,N,...", rich_help_panel=MEASUREMENT,
+        help="KV-cache context lengths at which one decode step is timed, e.g. 128,512,2048; '' = no decode timing "
+             "\\[default: 128,512,2048, each beyond the model's positions replaced by the longest that fits]"),
+    repeats: int = typer.Option(10, "--repeats", min=1, rich_help_panel=MEASUREMENT,
+                                help="timed repeats per measurement (at least; see --min-time)"),
+    warmup: int = typer.Option(2, "--warmup", min=0, rich_help_panel=MEASUREMENT, help="untimed passes first"),
+    min_time: str = typer.Option("1s", "--min-time", metavar="DURATION", rich_help_panel=MEASUREMENT,
+                                 help="repeat a fast measurement until its timed passes add up to this"),
+    threads: int | None = threads_option(),
+    power: str | None = typer.Option(
+        None, "--power", metavar="POWER", rich_help_panel=MEASUREMENT,
+        help="power model for energy estimates where no hardware counter exists, e.g. 15W "
+             "\\[default: codecarbon's model of this CPU]"),
+    emissions: bool = typer.Option(True, "--emissions/--no-emissions", rich_help_panel=MEASUREMENT,
+                                   help="codecarbon's whole-run energy and emissions summary (a few seconds)"),
+    output: Path | None = output_option("versioned profile"),
+    as_json: bool = json_option("profile"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Measure per-stage latency, energy, memory, FLOPs and cut payloads on this machine."""
     from coinfer.profiler.measure import ProfileOptions, parse_context_list, run_profile, validate_options
-    from coinfer.reports.io import check_writable, to_json, write_json
+    from coinfer.reports.io import check_writable, write_json
 
+    out = Output.of(quiet, verbose, as_json)
     opts = ProfileOptions(
-        device=device,
-        dtype=dtype,
-        seq_len=seq_len,
+        device=device.value,
+        dtype=dtype.value,
+        seq_len=prompt_tokens,
         batch=batch,
         decode_context=None if decode_context is None else parse_context_list(decode_context),
         repeats=repeats,
         warmup=warmup,
-        min_time_s=min_time_s,
-        threads=threads,
-        power_w=power_w,
+        min_time_s=parse_duration_s(min_time, "--min-time"),
+        threads=threads or physical_cores(),
+        power_w=None if power is None else _positive(parse_power_w(power, "--power"), power, "--power"),
         emissions=emissions,
     )
     validate_options(opts)
     if output is not None:
         check_writable(output)
-    with Progress(
+    with out.work(f"profiling {model}", spinner=False), Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=as_json or not err_console.is_terminal,  # no bar (or its leftovers) in logs and pipes
+        disable=not out.progress,  # no bar (or its leftovers) in logs, pipes, -q and --json
     ) as bar:
         task = bar.add_task(f"profiling {model}", total=None)
 
@@ -127,10 +162,14 @@ def profile_cmd(
     if output is not None:
         write_json(profile, output)
     if as_json:
-        print(to_json(profile), end="")
+        out.emit_json(profile)
         return
-    console.print(render_profile(profile))
-    for note in profile.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    if output is not None:
-        console.print(f"wrote {output}")
+    out.print(render_profile(profile))
+    out.notes(profile.notes, lambda n: n.startswith(METHOD_NOTES))
+    out.wrote(output)
+
+
+def _positive(value: float, text: str, option: str) -> float:
+    if value <= 0:
+        raise UserInputError(f"{option} {text!r}: must be positive")
+    return value

@@ -2,52 +2,136 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import typer
 from rich import box
 from rich.table import Table
 
-from coinfer.cli.app import app, console
+from coinfer.cli.common import (
+    MEASUREMENT,
+    OUTPUT,
+    Output,
+    Renamed,
+    command,
+    json_option,
+    model_option,
+    physical_cores,
+    prompt_tokens_option,
+    quiet_option,
+    threads_option,
+    verbose_option,
+)
+
+PRUNING = "Pruning"
+DEFAULT_OUTPUT = "prune.json"
+
+
+
+class Importance(StrEnum):
+    """What ranks heads and channels (the pruner's IMPORTANCES; its module imports torch, the CLI must not)."""
+
+    magnitude = "magnitude"
+    activation = "activation"
+    taylor = "taylor"
+
+
+class Scope(StrEnum):
+    """Which blocks are pruned."""
+
+    all = "all"
+    device = "device"
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-@app.command("prune")
+@command("prune", renamed={"--seq-len": Renamed("--prompt-tokens")})
 def prune_cmd(
-    model: str = typer.Option("minilm", "--model", "-m", help="minilm, a preset (see 'coinfer models') or a local HF folder"),
-    ratios: str = typer.Option("0.1,0.2,0.3,0.5", "--ratios", help="comma-separated pruning ratios in [0, 1)"),
-    split: int | None = typer.Option(None, "--split", help="device blocks K (needed for --scope device and --export)"),
-    scope: str = typer.Option("all", "--scope", help="all: prune every block; device: only blocks 1..K"),
-    importance: str = typer.Option("magnitude", "--importance", help="magnitude, activation or taylor"),
-    calib: str | None = typer.Option(None, "--calib", help="UTF-8 calibration text (default: the shipped sample)"),
-    export: str | None = typer.Option(None, "--export", help="folder for device/server shards per ratio"),
-    force: bool = typer.Option(False, "--force", help="replace a non-empty --export folder"),
-    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="also export ONNX shards"),
-    seq_len: int = typer.Option(64, "--seq-len", help="tokens per calibration window and timed prompt"),
-    windows: int = typer.Option(8, "--windows", help="calibration windows at most"),
-    repeats: int = typer.Option(10, "--repeats", help="timed repeats per model (medians reported)"),
-    no_speed: bool = typer.Option(False, "--no-speed", help="skip the speed measurement"),
-    output: str = typer.Option("prune.json", "--output", "-o", help="pruning report (JSON)"),
+    model: str = model_option(),
+    prompt_tokens: int = prompt_tokens_option(help="tokens per calibration window and per timed prompt", minimum=8),
+    ratios: str = typer.Option("0.1,0.2,0.3,0.5", "--ratios", rich_help_panel=PRUNING,
+                               help="comma-separated pruning ratios in [0, 1)"),
+    split: int | None = typer.Option(None, "--split", min=0, rich_help_panel=PRUNING,
+                                     help="device blocks K: needed for --scope device and --export"),
+    scope: Scope = typer.Option(Scope.all, "--scope", rich_help_panel=PRUNING,
+                                help="all: prune every block; device: only blocks 1..K of --split"),
+    importance: Importance = typer.Option(
+        "magnitude", "--importance", rich_help_panel=PRUNING,
+        help="what ranks heads and channels: weight magnitude, activation-aware (Wanda-style; far better on "
+             "trained LLMs) or first-order Taylor on the calibration text"),
+    calib: str | None = typer.Option(None, "--calib", metavar="FILE", rich_help_panel=PRUNING,
+                                     help="UTF-8 calibration text \\[default: the sample shipped with coinfer]"),
+    windows: int = typer.Option(8, "--windows", min=1, rich_help_panel=PRUNING, help="calibration windows at most"),
+    repeats: int = typer.Option(10, "--repeats", min=1, rich_help_panel=MEASUREMENT,
+                                help="timed repeats per model (medians are reported)"),
+    no_speed: bool = typer.Option(False, "--no-speed", rich_help_panel=MEASUREMENT,
+                                  help="skip the speed measurement"),
+    threads: int | None = threads_option(),
+    export: str | None = typer.Option(None, "--export", metavar="FOLDER", rich_help_panel=OUTPUT,
+                                      help="folder for the device/server shards of every ratio (needs --split)"),
+    force: bool = typer.Option(False, "--force", rich_help_panel=OUTPUT, help="replace a non-empty --export folder"),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", rich_help_panel=OUTPUT,
+                              help="with --export: ONNX shards beside the safetensors ones"),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="FILE", rich_help_panel=OUTPUT,
+        help=f"write the pruning report (JSON) here \\[default: {DEFAULT_OUTPUT}; with --json only when given]"),
+    as_json: bool = json_option("pruning report"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Prune attention heads and MLP channels at several ratios; measure what each costs and gains."""
     from coinfer.pruner.api import PruneOptions, parse_ratios, run_prune
 
+    out = Output.of(quiet, verbose, as_json)
+    if output is None and not as_json:
+        output = DEFAULT_OUTPUT
     opts = PruneOptions(
-        model=model, ratios=parse_ratios(ratios), split=split, scope=scope, importance=importance, calib=calib,
-        export_dir=export, force=force, onnx=onnx, seq_len=seq_len, max_windows=windows, repeats=repeats,
-        measure_speed=not no_speed, output=output,
+        model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value,
+        calib=calib, export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,
+        repeats=repeats, measure_speed=not no_speed, output=output, threads=threads or physical_cores(),
     )
-    rep = run_prune(opts)
+    with out.work(f"pruning {model} at {ratios}"):
+        rep = run_prune(opts)
+    if as_json:
+        out.emit_json(rep)
+        return
+    _render(rep, out)
+    out.wrote(output)
+
+
+def _render(rep, out: Output) -> None:
     m = rep.model
-    console.print(
+    out.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights_label}) scope={rep.scope}"
         + (f" split={rep.split}" if rep.split is not None else "")
-        + f" importance={rep.importance} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
+        + f" importance={rep.importance} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) "
+        f"threads={rep.threads}"
     )
-    table = Table(title="pruning: what each ratio removed, cost and gained", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    out.print(_table(rep))
+    ppl0 = next((r.distortion.perplexity_before for r in rep.results if r.distortion.perplexity_before), None)
+    if ppl0 is not None:
+        out.print(f"perplexity of the original on the calibration text: {ppl0:.4g}")
+    out.print(
+        f"empirical C = {_f(rep.empirical_c)}; bound D_y <= C_fit * D_w on held-out windows: "
+        + ("-" if rep.bound_holds is None else ("holds" if rep.bound_holds else "violated"))
+    )
+    out.notes([f"ratio {r.requested_ratio:g}: {n}" for r in rep.results for n in r.notes], prefix="")
+    for r in rep.results:
+        if r.onnx_max_abs_diff:
+            diffs = ", ".join(f"{k} tok {v:.2g}" for k, v in r.onnx_max_abs_diff.items())
+            out.print(f"ratio {r.requested_ratio:g}: ONNX vs torch max |diff|: {diffs}", markup=False, highlight=False)
+    out.notes(rep.notes)
+    if rep.export_dir:
+        out.print(f"shards exported to {rep.export_dir}", markup=False, highlight=False)
+
+
+def _table(rep) -> Table:
+    m = rep.model
+    table = Table(title="pruning: what each ratio removed, cost and gained", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     task = "KL" if m.is_decoder else "cos"
-    # Short headers so the table fits 80 columns; the caption spells them out.
     cols = ["ratio", "removed", "heads/MLP", "D_w", "D_y", task, "ppl", "prefill x", "decode"]
     if not m.is_decoder:
         cols.remove("ppl")
@@ -75,22 +159,4 @@ def prune_cmd(
         if m.is_decoder:
             row.append(_f(s.decode_measured if s else None, ".2f"))
         table.add_row(*row)
-    console.print(table)
-    ppl0 = next((r.distortion.perplexity_before for r in rep.results if r.distortion.perplexity_before), None)
-    if ppl0 is not None:
-        console.print(f"perplexity of the original on the calibration text: {ppl0:.4g}")
-    console.print(
-        f"empirical C = {_f(rep.empirical_c)}; bound D_y <= C_fit * D_w on held-out windows: "
-        + ("-" if rep.bound_holds is None else ("holds" if rep.bound_holds else "violated"))
-    )
-    for r in rep.results:
-        for n in r.notes:
-            console.print(f"ratio {r.requested_ratio:g}: {n}", markup=False, highlight=False)
-        if r.onnx_max_abs_diff:
-            diffs = ", ".join(f"{k} tok {v:.2g}" for k, v in r.onnx_max_abs_diff.items())
-            console.print(f"ratio {r.requested_ratio:g}: ONNX vs torch max |diff|: {diffs}", markup=False, highlight=False)
-    for n in rep.notes:
-        console.print(f"note: {n}", markup=False, highlight=False)
-    if rep.export_dir:
-        console.print(f"shards exported to {rep.export_dir}", markup=False, highlight=False)
-    console.print(f"report written to {output}", markup=False, highlight=False)
+    return table

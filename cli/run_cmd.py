@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from coinfer.cli.app import app, console, err_console
+from coinfer.cli.app import err_console
+from coinfer.cli.common import (
+    DEFAULT_DECODE_STEPS,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT_TOKENS,
+    LINK,
+    MEASUREMENT,
+    MODEL,
+    OUTPUT,
+    ROLES,
+    Output,
+    Renamed,
+    WireDtype,
+    command,
+    decode_steps_option,
+    json_option,
+    model_option,
+    physical_cores,
+    prompt_tokens_option,
+    quiet_option,
+    threads_option,
+    verbose_option,
+)
 from coinfer.errors import UserInputError
+from coinfer.units import fmt_rate, parse_duration_s
+
+PREDICTION = "Prediction without a plan"
+DEFAULT_OUTPUT = "run.json"
 
 
 def _cuts(text: str | None) -> list[int] | None:
@@ -20,10 +47,10 @@ def _cuts(text: str | None) -> list[int] | None:
         raise UserInputError(f"--chain-cuts {text!r}: expected stage counts such as 3,7") from None
 
 
-def _event(ev: dict[str, Any]) -> None:
+def _event_text(ev: dict[str, Any]) -> str:
     kind = ev.get("event")
     detail = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "trace"))
-    err_console.print(f"[{kind}] {detail}", markup=False, highlight=False)
+    return f"[{kind}] {detail}"
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -32,73 +59,147 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{x:+.1f}%" if pct else f"{x:,.2f}"
 
 
-@app.command("run")
+class Role(StrEnum):
+    """Which side(s) of the split this process runs."""
+
+    local = "local"
+    server = "server"
+    device = "device"
+
+
+@command("run", renamed={"--out": Renamed("--output"), "--new-tokens": Renamed("--decode-steps"),
+                         "--timeout-s": Renamed("--timeout", "s")})
 def run_cmd(
-    plan: str = typer.Option(None, "--plan", help="plan.json from 'coinfer plan': cut, wire dtype, prompt and predictions"),
-    cut: int = typer.Option(None, "--cut", help="stages on the device: 0 = all on server .. L+2 = all on device"),
-    chain_cuts: str = typer.Option(None, "--chain-cuts", help="a chain: stage counts where each part ends, e.g. 3,7"),
-    model: str = typer.Option(None, "--model", "-m", help="minilm, a preset or a local HF folder (default: the plan's)"),
-    seed: int = typer.Option(0, "--seed", help="seed of preset weights and of the random prompt"),
-    role: str = typer.Option("local", "--role", help="local (both roles here), server or device"),
-    listen: str = typer.Option("127.0.0.1:29600", "--listen", help="server: HOST:PORT to listen on (loopback by default)"),
-    server: str = typer.Option(None, "--server", help="device: the server's HOST:PORT"),
-    via: list[str] = typer.Option([], "--via", help="device: a relay's HOST:PORT, once per relay, in chain order"),
-    wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32, fp16 or int8 (default: the plan's, else fp32)"),
-    prompt_tokens: int = typer.Option(None, "--prompt-tokens", help="prompt length (default: the plan's, else 32)"),
-    new_tokens: int = typer.Option(
-        None, "--new-tokens",
-        help="decode steps after the prefill, each crossing the link (the plan's m; m+1 tokens come out; default: the plan's, else 8)",
-    ),
-    batch: int = typer.Option(1, "--batch"),
-    ragged: bool = typer.Option(False, "--ragged", help="encoders: pad the batch to ragged lengths (the mask crosses)"),
-    emulate_rate: str = typer.Option(None, "--emulate-rate", help="e.g. 20Mbps: shape a private namespace's loopback (root)"),
-    emulate_rtt: str = typer.Option(None, "--emulate-rtt", help="e.g. 10ms: added at the transport boundary"),
-    threads: int = typer.Option(None, "--threads", help="torch threads per process (default: all cores; the roles take turns)"),
-    warmup: int = typer.Option(1, "--warmup", help="unmeasured requests first"),
-    repeats: int = typer.Option(1, "--repeats", help="measured requests (medians are reported)"),
-    timeout_s: float = typer.Option(60.0, "--timeout-s", help="per-operation timeout of a session"),
-    out: str = typer.Option("run.json", "--out", "-o", help="result file"),
-    check: bool = typer.Option(True, "--check/--no-check", help="compare the output with the unsplit model"),
-    device_profile: str = typer.Option(None, "--device-profile", help="without --plan: predict from this profile"),
-    server_profile: str = typer.Option(None, "--server-profile", help="the server's profile (default: the device's)"),
-    prune_report: str = typer.Option(None, "--prune-report", help="run the shards 'coinfer prune' exported (sha256-checked)"),
-    ratio: float = typer.Option(None, "--ratio", help="which pruning ratio of --prune-report"),
-    token_file: str = typer.Option(
-        None, "--token-file",
+    plan: str | None = typer.Option(None, "--plan", metavar="FILE", rich_help_panel=MODEL,
+                                    help="plan from 'coinfer plan': cut, wire dtype, prompt and predictions"),
+    cut: int | None = typer.Option(None, "--cut", min=0, rich_help_panel=MODEL,
+                                   help="stages on the device: 0 = all on server .. L+2 = all on device "
+                                        "\\[default: the plan's]"),
+    chain_cuts: str | None = typer.Option(None, "--chain-cuts", metavar="C1,C2,...", rich_help_panel=MODEL,
+                                          help="a chain: the stage counts where each part ends, e.g. 3,7"),
+    model: str | None = model_option(
+        None, help=f"minilm (real weights), a preset (see 'coinfer models') or a local Hugging Face folder "
+                   f"\\[default: the plan's, else {DEFAULT_MODEL}]"),
+    seed: int = typer.Option(0, "--seed", rich_help_panel=MODEL, help="seed of preset weights and of the random prompt"),
+    prompt_tokens: int | None = prompt_tokens_option(
+        None, help=f"prompt length \\[default: the plan's, else {DEFAULT_PROMPT_TOKENS}]"),
+    decode_steps: int | None = decode_steps_option(
+        "decoding steps after the prefill, each crossing the link; the prefill yields the first token, so m steps "
+        f"give m + 1 generated tokens \\[default: the plan's, else {DEFAULT_DECODE_STEPS}]"),
+    batch: int = typer.Option(1, "--batch", min=1, rich_help_panel=MODEL, help="sequences per request"),
+    ragged: bool = typer.Option(False, "--ragged", rich_help_panel=MODEL,
+                                help="encoders: pad the batch to ragged lengths (the mask crosses)"),
+    wire_dtype: WireDtype | None = typer.Option(None, "--wire-dtype", rich_help_panel=LINK,
+                                                help="the activation's dtype on the link \\[default: the plan's, else "
+                                                     "fp32]"),
+    emulate_rate: str | None = typer.Option(None, "--emulate-rate", metavar="RATE", rich_help_panel=LINK,
+                                            help="shape a private namespace's loopback to this rate, e.g. 20Mbps "
+                                                 "(root; both roles here)"),
+    emulate_rtt: str | None = typer.Option(None, "--emulate-rtt", metavar="DURATION", rich_help_panel=LINK,
+                                           help="add this round-trip time at the transport boundary, e.g. 10ms"),
+    role: Role = typer.Option(Role.local, "--role", rich_help_panel=ROLES,
+                              help="local: both roles here; server or device: one role per machine"),
+    listen: str = typer.Option("127.0.0.1:29600", "--listen", metavar="HOST:PORT", rich_help_panel=ROLES,
+                               help="--role server: the address to listen on (loopback unless you name another)"),
+    server: str | None = typer.Option(None, "--server", metavar="HOST:PORT", rich_help_panel=ROLES,
+                                      help="--role device: the server's address"),
+    via: list[str] = typer.Option([], "--via", metavar="HOST:PORT", rich_help_panel=ROLES,
+                                  help="--role device: a relay's address, once per relay, in chain order"),
+    threads: int | None = threads_option(),
+    warmup: int = typer.Option(1, "--warmup", min=0, rich_help_panel=MEASUREMENT, help="unmeasured requests first"),
+    repeats: int = typer.Option(1, "--repeats", min=1, rich_help_panel=MEASUREMENT,
+                                help="measured requests (medians are reported)"),
+    timeout: str = typer.Option("60s", "--timeout", metavar="DURATION", rich_help_panel=MEASUREMENT,
+                                help="per-operation timeout of a session"),
+    check: bool = typer.Option(True, "--check/--no-check", rich_help_panel=MEASUREMENT,
+                               help="compare the output with the unsplit model's"),
+    device_profile: str | None = typer.Option(None, "--device-profile", metavar="FILE", rich_help_panel=PREDICTION,
+                                              help="without --plan: predict from this device profile"),
+    server_profile: str | None = typer.Option(None, "--server-profile", metavar="FILE", rich_help_panel=PREDICTION,
+                                              help="the server's profile \\[default: the device's]"),
+    prune_report: str | None = typer.Option(None, "--prune-report", metavar="FILE", rich_help_panel=MODEL,
+                                            help="run the shards 'coinfer prune --export' wrote (sha256-checked)"),
+    ratio: float | None = typer.Option(None, "--ratio", rich_help_panel=MODEL,
+                                       help="which pruning ratio of --prune-report"),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="FILE", rich_help_panel=OUTPUT,
+        help=f"write the result (JSON) here \\[default: {DEFAULT_OUTPUT}; with --json only when given]"),
+    as_json: bool = json_option("result"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
+    token_file: str | None = typer.Option(
+        None, "--token-file", metavar="FILE", rich_help_panel=ROLES,
         help="a shared secret (both roles; else $COINFER_TOKEN): proved by challenge-response, never sent; "
-             "required to listen beyond loopback",
-    ),
-    max_sessions: int = typer.Option(1, "--max-sessions", help="server: devices served at the same time; more get 'busy'"),
+             "required to listen beyond loopback"),
+    max_sessions: int = typer.Option(1, "--max-sessions", min=1, rich_help_panel=ROLES,
+                                     help="--role server: devices served at the same time; more get 'busy'"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
+    from coinfer.runner.linkemu import parse_duration_ms, parse_rate_bps
 
+    out = Output.of(quiet, verbose, as_json)
+    if output is None and not as_json:
+        output = DEFAULT_OUTPUT
+    timeout_s = parse_duration_s(timeout, "--timeout")
+    if timeout_s <= 0:
+        raise UserInputError(f"--timeout {timeout!r}: must be positive")
+    for text, parse_one in ((emulate_rate, parse_rate_bps), (emulate_rtt, parse_duration_ms)):
+        if text is not None:
+            parse_one(text)  # the unit parser's one line, before anything loads
+    no_plan = plan is None
     opts = RunOptions(
-        role=role, plan=plan, cut=cut, chain_cuts=_cuts(chain_cuts), model=model, seed=seed, listen=listen,
-        server=server, via=list(via), wire_dtype=wire_dtype, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-        batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, threads=threads,
-        warmup=warmup, repeats=repeats, timeout_s=timeout_s, out=None if role == "server" else out, check=check,
-        device_profile=device_profile, server_profile=server_profile, prune_report=prune_report, ratio=ratio,
+        role=role.value, plan=plan, cut=cut, chain_cuts=_cuts(chain_cuts),
+        model=model or (DEFAULT_MODEL if no_plan else None), seed=seed, listen=listen, server=server, via=list(via),
+        wire_dtype=None if wire_dtype is None else wire_dtype.value,
+        prompt_tokens=prompt_tokens if prompt_tokens is not None or not no_plan else DEFAULT_PROMPT_TOKENS,
+        new_tokens=decode_steps if decode_steps is not None or not no_plan else DEFAULT_DECODE_STEPS,
+        batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt,
+        threads=threads or physical_cores(), warmup=warmup, repeats=repeats, timeout_s=timeout_s,
+        out=None if role == Role.server else output, check=check, device_profile=device_profile,
+        server_profile=server_profile, prune_report=prune_report, ratio=ratio,
         token_file=token_file, max_sessions=max_sessions,
     )
-    if role == "server":
-        console.print("note: tensors cross unencrypted (gloo over plain TCP; this torch has no gloo TLS): "
-                      "use a trusted network or a tunnel")
-    result = run_command(opts, on_event=_event)
+    if role == Role.server:
+        def server_log(ev: dict[str, Any]) -> None:
+            _log_event(ev)
+            if ev.get("event") == "listening":  # said once the options passed their checks
+                err_console.print("note: tensors cross unencrypted (gloo over plain TCP; this torch has no gloo "
+                                  "TLS): use a trusted network or a tunnel", markup=False, highlight=False)
+
+        # A server's events are its log: on stderr, unless -q.
+        run_command(opts, on_event=None if quiet else server_log)
+        return
+    with out.work("running the split") as status:
+        def on_event(ev: dict[str, Any]) -> None:
+            status(_event_text(ev))
+            if verbose:
+                _log_event(ev)
+
+        result = run_command(opts, on_event=on_event)
     if result is None:
         return
+    if as_json:
+        out.emit_json(result)
+        return
     _render(result, out)
+    out.wrote(output)
 
 
-def _render(r: Any, out: str) -> None:
+def _log_event(ev: dict[str, Any]) -> None:
+    err_console.print(_event_text(ev), markup=False, highlight=False)
+
+
+def _render(r: Any, out: Output) -> None:
     link = r.link
-    shaped = f"{link.rate_bps / 1e6:g} Mbit/s (tc tbf)" if link.rate_bps else "unshaped loopback"
+    shaped = f"{fmt_rate(link.rate_bps)} (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
-    console.print(
+    steps = f" + {r.decode_steps} decode steps" if r.model.is_decoder else ""
+    out.print(
         f"[bold]{r.model.name}[/] ({r.model.family}, weights: {r.model.weights_label})  cut {r.cut} after {r.cut_name}  "
-        f"wire {r.wire_dtype}  {r.mode}: {shaped}{rtt}"
+        f"wire {r.wire_dtype}  {r.prompt_tokens} prompt tokens{steps}  {r.mode}: {shaped}{rtt}"
     )
-    console.print("chain: " + "  ->  ".join(f"{m.role} ({m.stages})" for m in r.chain), markup=False)
+    out.print("chain: " + "  ->  ".join(f"{m.role} ({m.stages})" for m in r.chain), markup=False)
     table = Table(title=f"measured vs predicted (ms; {r.prediction_source or 'no prediction'})")
     table.add_column("phase")
     table.add_column("term")
@@ -115,13 +216,11 @@ def _render(r: Any, out: str) -> None:
     if r.per_generated_token is not None:
         m = r.per_generated_token
         table.add_row("per generated token", "end to end", _fmt(m.measured_ms), _fmt(m.predicted_ms), _fmt(m.error_pct, True))
-    console.print(table)
+    out.print(table)
     t = r.traffic
     per = f", {t.per_token_uplink_bytes:,} B per decode step" if t.per_token_uplink_bytes is not None else ""
-    console.print(f"sent: prefill uplink {t.prefill_uplink_bytes:,} B{per}, downlink {t.downlink_bytes:,} B, total {t.total_bytes:,} B")
+    out.print(f"sent: prefill uplink {t.prefill_uplink_bytes:,} B{per}, downlink {t.downlink_bytes:,} B, total {t.total_bytes:,} B")
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"
-        console.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
-    for note in r.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    console.print(f"wrote {out}")
+        out.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
+    out.notes(r.notes)

@@ -9,7 +9,8 @@ server gives exactly the single-split latency.
 * latency: minimise ``sum_j compute_j + sum_j hop_j`` (min-sum DP);
 * throughput: minimise the bottleneck ``max(compute_j, occupancy of hop_j)`` (min-max DP), the time
   per request once requests are pipelined; a hop's occupancy is its bytes over its rate (the RTT
-  delays a request but does not occupy the link).
+  delays a request but does not occupy the link). Among partitions with that bottleneck, the one
+  of least latency, then of fewest hops used (a second, min-sum DP restricted to them).
 
 A member may have a memory capacity (weights + KV of its stages); a segment over it is excluded.
 The DPs run over (N+1) x (N+1) segment matrices per member (O(K N^2) with numpy); latency without
@@ -183,10 +184,51 @@ def solve_chain(prob: ChainProblem, objective: str = "latency") -> tuple[list[in
     value = float(f[n])
     if not np.isfinite(value):
         raise InfeasibleError("no partition of the chain fits the members' memory caps")
+    if objective == "throughput":
+        # Many partitions often share the bottleneck: among them, the least latency, then fewest hops.
+        return _least_latency_within(prob, value), value
+    return _trace(back, n), value
+
+
+def _trace(back: list[np.ndarray], n: int) -> list[int]:
     bounds = [n]
-    for j in range(k - 1, -1, -1):
+    for j in range(len(back) - 1, -1, -1):
         bounds.append(int(back[j][bounds[-1]]))
-    return bounds[::-1], value
+    return bounds[::-1]
+
+
+def hops_used(prob: ChainProblem, bounds: list[int]) -> int:
+    """Hops that carry something: hop j does unless every stage is done before it (b_{j+1} = N)."""
+    return sum(1 for b in bounds[1:-1] if b < prob.num_stages)
+
+
+def _least_latency_within(prob: ChainProblem, limit: float) -> list[int]:
+    """The partition of least total latency, then fewest hops, whose bottleneck is at most ``limit``.
+
+    A min-sum DP (O(K N^2)) over the partitions the bottleneck allows: every member's compute and
+    every hop's occupancy within ``limit`` (relative tolerance 1e-9: equal sums built in another order
+    differ in the last bits), memory caps respected. Latency ties (same tolerance) go to fewer hops.
+    """
+    k, n = prob.stage_ms.shape
+    tol = 1e-9 * max(limit, 1e-12)
+    s, m = upto(prob.stage_ms), upto(prob.stage_mem)
+    upper, cols = _upper(n + 1), np.arange(n + 1)
+    f = np.where(cols == 0, 0.0, np.inf)  # latency with stages [0, b) done by the members so far
+    hops = np.zeros(n + 1)
+    back = []
+    for j in range(k):
+        comp = s[j][None, :] - s[j][:, None]
+        ok = upper & (comp <= limit + tol) & (m[j][None, :] - m[j][:, None] <= prob.memory_caps[j])
+        tot = np.where(ok, f[:, None] + comp, np.inf)
+        best = tot.min(axis=0)
+        near = tot <= best + 1e-9 * np.maximum(np.abs(best), 1e-12)
+        arg = np.argmin(np.where(near, hops[:, None], np.inf), axis=0)
+        f, hops = tot[arg, cols], hops[arg]
+        if j < k - 1:
+            f = np.where(prob.hop_busy_ms[j] <= limit + tol, f + prob.hop_ms[j], np.inf)
+            hops = hops + (cols < n)
+        back.append(arg)
+    return _trace(back, n)
 
 
 def chain_costs(prob: ChainProblem, bounds: list[int]) -> tuple[float, float]:

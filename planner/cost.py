@@ -49,7 +49,11 @@ OBJECTIVES = ("latency", "energy", "weighted")
 
 @dataclass(frozen=True)
 class Workload:
-    """What one request asks: a prompt of ``prompt_tokens`` then ``new_tokens`` generated tokens."""
+    """What one request asks: a prompt of ``prompt_tokens`` then ``new_tokens`` decode steps.
+
+    The prefill already yields the first generated token, so ``new_tokens`` = m decode steps give
+    m + 1 generated tokens (``--decode-steps`` on the command line).
+    """
 
     prompt_tokens: int
     new_tokens: int = 0
@@ -58,7 +62,7 @@ class Workload:
         if self.prompt_tokens < 1:
             raise UserInputError(f"--prompt-tokens {self.prompt_tokens}: must be at least 1")
         if self.new_tokens < 0:
-            raise UserInputError(f"--new-tokens {self.new_tokens}: must not be negative")
+            raise UserInputError(f"--decode-steps {self.new_tokens}: must not be negative")
 
 
 @dataclass(frozen=True)
@@ -369,8 +373,11 @@ def build_cost_model(
     workload: Workload,
     wire_dtype: str = "fp32",
     prune: PruneReport | None = None,
+    roles: tuple[str, str] = ("device", "server"),
 ) -> CostModel:
     """Turn profiles (and a pruning report) into the planner's cost tables for one workload.
+
+    ``roles`` names the two profiles in notes (a chain's first and last members).
 
     Raises:
         SchemaError: Profiles (or the report) of different models, or missing decode timings.
@@ -386,18 +393,18 @@ def build_cost_model(
     n_st = L + 2
     is_decoder = ident.is_decoder
     if workload.new_tokens > 0 and not is_decoder:
-        raise UserInputError(f"--new-tokens {workload.new_tokens}: {ident.name} is not a decoder (no generation)")
+        raise UserInputError(f"--decode-steps {workload.new_tokens}: {ident.name} is not a decoder (no generation)")
     notes: list[str] = []
-    for p, role in ((device, "device"), (server, "server")):
+    for p, role in ((device, roles[0]), (server, roles[1])):
         if workload.prompt_tokens != p.context.seq_len:
             notes.append(f"{role} profile measured {p.context.seq_len} prompt tokens; prefill latency and energy "
                          f"scaled linearly to {workload.prompt_tokens}")
     dev = stage_costs(device, "device", workload, is_decoder)
     srv = stage_costs(server, "server", workload, is_decoder)
     if not dev.energy_known:
-        notes.append("device profile has no energy figures and no power model: device energy not counted")
+        notes.append(f"{roles[0]} profile has no energy figures and no power model: device energy not counted")
     if device.context.energy_source == "estimate":
-        notes.append("device energy is the profile's estimate (power model x time), not a hardware counter")
+        notes.append(f"{roles[0]} energy is the profile's estimate (power model x time), not a hardware counter")
     if wire_dtype != "fp32":
         notes.append(f"wire {wire_dtype}: the activation's quantisation distortion is not counted (not measured)")
     if prune is not None:

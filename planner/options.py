@@ -10,12 +10,12 @@ from coinfer.errors import UserInputError
 from coinfer.planner.cost import Budgets
 from coinfer.planner.link import Link, wireless_link
 from coinfer.planner.plan import ChainSpec, PlanRequest, member_name
-from coinfer.planner.units import (
-    parse_bandwidth_hz,
+from coinfer.units import (
     parse_bytes,
     parse_distance_m,
     parse_duration_ms,
     parse_energy_j,
+    parse_frequency_hz,
     parse_gain,
     parse_noise_w_per_hz,
     parse_power_w,
@@ -67,7 +67,7 @@ def request_from_cli(
     ref_gain: str = "-30dB",
     noise_density: str = "-174dBm/Hz",
     prompt_tokens: int | None = None,
-    new_tokens: int = 0,
+    decode_steps: int | None = None,
     objective: str = "latency",
     energy_weight: float = 1000.0,
     max_latency: str | None = None,
@@ -88,8 +88,8 @@ def request_from_cli(
     _positive(server_speedup, "--server-speedup")
     if prompt_tokens is not None and prompt_tokens < 1:
         raise UserInputError(f"--prompt-tokens {prompt_tokens}: must be at least 1")
-    if new_tokens < 0:
-        raise UserInputError(f"--new-tokens {new_tokens}: must not be negative")
+    if decode_steps is not None and decode_steps < 0:
+        raise UserInputError(f"--decode-steps {decode_steps}: must not be negative")
     if max_distortion is not None and (not math.isfinite(max_distortion) or max_distortion < 0):
         raise UserInputError(f"--max-distortion {max_distortion!r}: must be a finite number, not negative")
     budgets = Budgets(
@@ -114,7 +114,7 @@ def request_from_cli(
         if rate is not None:
             raise UserInputError("give --rate (a fixed link) or --bandwidth (a wireless uplink), not both")
         link = wireless_link(
-            bandwidth_hz=parse_bandwidth_hz(bandwidth), noise_w_per_hz=parse_noise_w_per_hz(noise_density),
+            bandwidth_hz=parse_frequency_hz(bandwidth), noise_w_per_hz=parse_noise_w_per_hz(noise_density),
             tx_powers_w=powers, channel_gain=parse_gain(channel_gain) if channel_gain is not None else None,
             distance_m=parse_distance_m(distance) if distance is not None else None,
             path_loss_exponent=_positive(path_loss_exp, "--path-loss-exp"),
@@ -137,15 +137,19 @@ def request_from_cli(
         freq = parse_range(freq_range, "--freq-range", parse_scale, 6)
     sweep = None
     if sweep_rate is not None:
-        if link is None or link.wireless:
-            raise UserInputError("--sweep-rate needs a fixed-rate link (--rate), not a wireless uplink")
+        if link is None:
+            raise UserInputError("--sweep-rate needs --rate too: the link rate the plan itself is made for "
+                                 "(the sweep then varies it)")
+        if link.wireless:
+            raise UserInputError("--sweep-rate varies a fixed link's rate: give --rate instead of --bandwidth (a "
+                                 "wireless uplink's rate follows from its power and channel)")
         sweep = parse_range(sweep_rate, "--sweep-rate", parse_rate_bps, 200)
     chain = None
     members = [member_name(d) for d in devices]
     is_chain = len(members) > 1 or bool(links)
     if objective == "throughput":
         if not is_chain:
-            raise UserInputError("--objective throughput is for chains (several --device and --link)")
+            raise UserInputError("--objective throughput is for chains (several --device-profile and --link)")
         objective, chain_objective = "latency", "throughput"
     if is_chain:
         chain = ChainSpec(links=dict(_link_arg(x) for x in (links or [])), objective=chain_objective,
@@ -156,7 +160,7 @@ def request_from_cli(
         raise UserInputError("--member-memory is for chains; a single device takes --max-memory")
     return PlanRequest(
         devices=members, link=link, server=server, server_speedup=server_speedup, prune=prune,
-        prompt_tokens=prompt_tokens, new_tokens=new_tokens, objective=objective,
+        prompt_tokens=prompt_tokens, decode_steps=decode_steps, objective=objective,
         energy_weight_ms_per_j=energy_weight, budgets=budgets, freq_range=freq, sweep=sweep, chain=chain,
         wire_dtype=wire_dtype,
     )

@@ -25,6 +25,8 @@ from coinfer.reports.plan import InputFile, Plan
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
 
+DEFAULT_DECODE_STEPS = 32
+
 MODEL_NOTES = [
     "link: half the RTT each way per phase that waits on the link; a split pays one round trip per decoded token; "
     "all-on-server sends token ids once and streams generated ids back",
@@ -61,7 +63,8 @@ class PlanRequest:
         prune: Path of a pruning report, or None.
         link: The device-server link (for a chain: the last device to the server).
         prompt_tokens: Prompt length; None = the device profile's seq_len.
-        new_tokens: Generated tokens.
+        decode_steps: Decoding steps after the prefill (the prefill yields the first token, so m steps
+            give m + 1 generated tokens); None = :data:`DEFAULT_DECODE_STEPS` for a decoder, 0 otherwise.
         objective: latency, energy or weighted.
         energy_weight_ms_per_j: For 'weighted'.
         budgets: The budgets.
@@ -77,7 +80,7 @@ class PlanRequest:
     server_speedup: float | None = None
     prune: str | None = None
     prompt_tokens: int | None = None
-    new_tokens: int = 0
+    decode_steps: int | None = None
     objective: str = "latency"
     energy_weight_ms_per_j: float = 1000.0
     budgets: Budgets = field(default_factory=Budgets)
@@ -118,14 +121,15 @@ def make_plan(req: PlanRequest) -> Plan:
         InfeasibleError: No configuration meets the budgets (says which binds, by how much).
     """
     if not req.devices:
-        raise UserInputError("give at least one --device profile")
+        raise UserInputError("give at least one --device-profile")
     if req.server is not None and req.server_speedup is not None:
-        raise UserInputError("give one of --server PROFILE and --server-speedup X, not both")
+        raise UserInputError("give one of --server-profile FILE and --server-speedup X, not both")
     if req.chain is None:
         if len(req.devices) > 1:
-            raise UserInputError("several --device profiles make a chain: give a --link for each consecutive pair")
+            raise UserInputError("several --device-profile files make a chain: give a --link for each consecutive "
+                                 "pair")
         if req.server is None and req.server_speedup is None:
-            raise UserInputError("give --server PROFILE, or --server-speedup X to derive one from the device")
+            raise UserInputError("give --server-profile FILE, or --server-speedup X to derive one from the device")
         if req.link is None:
             raise UserInputError("give a link: --rate RATE, or --bandwidth/--tx-power/--channel-gain/--noise-density")
     objective = Objective(req.objective, req.energy_weight_ms_per_j)
@@ -142,7 +146,8 @@ def make_plan(req: PlanRequest) -> Plan:
         server = derive_server_profile(device, req.server_speedup)
         inputs.append(_input("server", req.devices[0][1], derived=True,
                              derivation=f"{req.devices[0][0]} profile, every stage {req.server_speedup:g}x faster"))
-        notes.append(f"server profile derived from the device profile ({req.server_speedup:g}x faster per stage), "
+        source = "device" if len(req.devices) == 1 else req.devices[0][0]
+        notes.append(f"server profile derived from the {source} profile ({req.server_speedup:g}x faster per stage), "
                      "not measured")
     prune = None
     if req.prune is not None:
@@ -150,7 +155,10 @@ def make_plan(req: PlanRequest) -> Plan:
         inputs.append(_input("prune", req.prune))
     if server is not None:
         check_compatible(device, server)
-    wl = Workload(req.prompt_tokens or device.context.seq_len, req.new_tokens)
+    steps = req.decode_steps
+    if steps is None:
+        steps = DEFAULT_DECODE_STEPS if device.model.is_decoder else 0
+    wl = Workload(req.prompt_tokens or device.context.seq_len, steps)
     if req.chain is not None:
         return _chain_plan(req, profiles, server, wl, objective, inputs, notes)
 
@@ -197,7 +205,8 @@ def _chain_plan(req, profiles, server, wl, objective, inputs, notes) -> Plan:
     if objective.kind not in ("latency",) and spec.objective == "latency":
         raise UserInputError(f"--objective {objective.kind}: a chain optimises latency or throughput only")
     if req.prune is not None or len(freq_grid(*req.freq_range)) > 1:
-        raise UserInputError("a chain plan does not search pruning ratios or frequencies (drop --prune/--freq-range)")
+        raise UserInputError("a chain plan does not search pruning ratios or frequencies (drop "
+                             "--prune-report/--freq-range)")
     if req.budgets.as_dict():
         raise UserInputError("a chain plan takes per-member memory caps (--member-memory), not budgets")
     names = [n for n, _ in members]
@@ -218,11 +227,16 @@ def _chain_plan(req, profiles, server, wl, objective, inputs, notes) -> Plan:
         if p.model.num_blocks != members[0][1].model.num_blocks:
             raise SchemaError(f"chain member {name} profiles another model")
     first = members[0][1]
-    cost = build_cost_model(first, members[-1][1], wl, req.wire_dtype)
+    cost = build_cost_model(first, members[-1][1], wl, req.wire_dtype, roles=(names[0], names[-1]))
     prob = build_chain_problem(members, hops, wl, req.wire_dtype, cost, spec.memory_caps)
     bounds, _ = solve_chain(prob, spec.objective)
     chain = describe_chain(prob, bounds, spec.objective)
-    notes = notes + cost.notes + [
+    # The cost model speaks of its two ends; members in between scale their prefill the same way.
+    middle = [f"{name} profile measured {p.context.seq_len} prompt tokens; prefill latency scaled linearly to "
+              f"{wl.prompt_tokens}" for name, p in members[1:-1] if p.context.seq_len != wl.prompt_tokens]
+    # A chain plan reports no energy: the cost model's notes on device energy say nothing here.
+    energy = (f"{names[0]} profile has no energy figures", f"{names[0]} energy is the profile's estimate")
+    notes = notes + [n for n in cost.notes if not n.startswith(energy)] + middle + [
         "chain: each member runs a contiguous (possibly empty) run of stages; no pruning or DVFS; "
         "throughput = 1 / slowest member or hop occupancy",
     ]
@@ -234,10 +248,10 @@ def _chain_plan(req, profiles, server, wl, objective, inputs, notes) -> Plan:
 
 
 def member_name(spec: str) -> tuple[str, str]:
-    """Split a --device value 'name=path' (or 'path': the name is the file's stem)."""
+    """Split a --device-profile value 'name=path' (or 'path': the name is the file's stem)."""
     if "=" in spec and not Path(spec).exists():
         name, path = spec.split("=", 1)
         if not name:
-            raise UserInputError(f"--device {spec!r}: empty member name")
+            raise UserInputError(f"--device-profile {spec!r}: empty member name")
         return name, path
     return Path(spec).stem, spec

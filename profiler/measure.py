@@ -124,7 +124,7 @@ def validate_options(opts: ProfileOptions) -> None:
     if opts.dtype not in DTYPES:
         raise UserInputError(f"--dtype {opts.dtype!r}: expected fp32, fp16 or bf16")
     if opts.seq_len <= 0:
-        raise UserInputError(f"--seq-len must be positive, got {opts.seq_len}")
+        raise UserInputError(f"--prompt-tokens must be positive, got {opts.seq_len}")
     if opts.batch <= 0:
         raise UserInputError(f"--batch must be positive, got {opts.batch}")
     if opts.repeats < 1:
@@ -134,7 +134,7 @@ def validate_options(opts: ProfileOptions) -> None:
     if opts.threads is not None and opts.threads < 1:
         raise UserInputError(f"--threads must be at least 1, got {opts.threads}")
     if opts.power_w is not None and opts.power_w <= 0:
-        raise UserInputError(f"--power-w must be positive, got {opts.power_w}")
+        raise UserInputError(f"--power must be positive, got {opts.power_w}")
     if opts.decode_context is not None and any(c < 1 for c in opts.decode_context):
         raise UserInputError(f"--decode-context values must be positive, got {opts.decode_context}")
     if opts.min_time_s < 0 or opts.max_repeats < opts.repeats:
@@ -218,7 +218,7 @@ def _decode_contexts(ad: Any, opts: ProfileOptions, notes: list[str]) -> list[in
     """
     max_pos = max_positions(ad.config)
     if max_pos is not None and opts.seq_len > max_pos:
-        raise UserInputError(f"--seq-len {opts.seq_len} exceeds the model's {max_pos} positions")
+        raise UserInputError(f"--prompt-tokens {opts.seq_len} exceeds the model's {max_pos} positions")
     if not ad.is_decoder:
         if opts.decode_context:
             notes.append("decode timing skipped: encoders have no decode step")
@@ -416,7 +416,7 @@ def _capture_and_stage_peaks(s: _Setup, notes: list[str]) -> tuple[list, dict[st
 
 
 def _energy_source(opts: ProfileOptions, reader: Any, notes: list[str]) -> _Energy:
-    """A hardware counter, else the --power-w model, else codecarbon's CPU model, else none."""
+    """A hardware counter, else the --power model, else codecarbon's CPU model, else none."""
     power_w = opts.power_w
     if reader is not None:
         window = opts.energy_window_s or reader.min_window_s
@@ -426,14 +426,14 @@ def _energy_source(opts: ProfileOptions, reader: Any, notes: list[str]) -> _Ener
         )
         return _Energy(reader.source, power_w, measured=True)
     if power_w is not None:
-        notes.append(f"energy: ESTIMATE = --power-w {power_w:g} W x median latency (no hardware counter read)")
+        notes.append(f"energy: ESTIMATE = --power {power_w:g} W x median latency (no hardware counter read)")
         return _Energy("estimate", power_w, measured=False)
     if opts.device == "cpu" and (power_w := codecarbon_cpu_power_w()) is not None:
         notes.append(
             f"energy: ESTIMATE = codecarbon's CPU power model ({power_w:g} W) x median latency (no hardware counter read)"
         )
         return _Energy("estimate", power_w, measured=False)
-    notes.append("energy: not measured (no hardware counter, no power model; give --power-w)")
+    notes.append("energy: not measured (no hardware counter, no power model; give --power)")
     return _Energy("none", None, measured=False)
 
 

@@ -33,6 +33,7 @@ class PruneOptions:
         measure_speed: Time prefill/decode (off in quick tests).
         round_to: Kept MLP width rounded to a multiple of this.
         output: Report path (checked writable before any work).
+        threads: torch CPU threads for the whole run (None: leave torch's setting).
     """
 
     model: str
@@ -52,6 +53,7 @@ class PruneOptions:
     output: str | None = None
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    threads: int | None = None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -98,7 +100,7 @@ def validate(opts: PruneOptions) -> None:
     if opts.split is not None and opts.split < 0:
         raise UserInputError(f"--split {opts.split}: must be 0 or more")
     if opts.seq_len < 8 or opts.max_windows < 1 or opts.repeats < 1:
-        raise UserInputError("--seq-len must be at least 8, windows and repeats at least 1")
+        raise UserInputError("--prompt-tokens must be at least 8, windows and repeats at least 1")
     if opts.export_dir is not None:
         d = Path(opts.export_dir)
         if d.exists() and not d.is_dir():
@@ -132,6 +134,8 @@ def run_prune(opts: PruneOptions) -> Any:
 
     from coinfer.models.loading import load_model
 
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     loaded = load_model(opts.model, seed=opts.seed)
     L = loaded.adapter.num_blocks
     if opts.split is not None and not 0 <= opts.split <= L:

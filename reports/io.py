@@ -39,6 +39,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except OSError as exc:
         raise UserInputError(f"cannot write {dest}: {exc.strerror}") from None
     try:
+        # mkstemp makes the file 0600; give it the mode any other file the user writes gets (the
+        # umask's), or keep the mode of the file it replaces.
+        os.fchmod(fd, _mode_for(dest))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -48,6 +51,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def _mode_for(dest: Path) -> int:
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:

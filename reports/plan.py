@@ -80,9 +80,9 @@ class Candidate(Schema):
     uplink_per_token_bytes: int = Field(default=0, ge=0)
     prefill: PhaseBreakdown
     per_token: PhaseBreakdown | None = Field(
-        default=None, description="one decode step: mean over the new tokens (or at the prompt length if none)"
+        default=None, description="one decode step: mean over the decode steps (or at the prompt length if none)"
     )
-    total_latency_ms: float = Field(ge=0, description="prefill + new_tokens x per token")
+    total_latency_ms: float = Field(ge=0, description="prefill + new_tokens (decode steps) x per token")
     energy: EnergyBreakdown
     device_memory_bytes: int = Field(ge=0, description="weights of the device stages plus their KV cache")
     distortion: float = Field(default=0.0, ge=0, description="output relative MSE from the pruning report")
@@ -148,7 +148,9 @@ class Plan(Document):
     objective: Literal["latency", "energy", "weighted", "throughput"]
     energy_weight_ms_per_j: float | None = Field(default=None, description="weighted: ms + w x J")
     prompt_tokens: int = Field(ge=1)
-    new_tokens: int = Field(ge=0)
+    new_tokens: int = Field(
+        ge=0, description="decode steps m after the prefill (--decode-steps); m + 1 tokens are generated"
+    )
     budgets: dict[str, float] = Field(default_factory=dict, description="latency_ms, energy_j, memory_bytes, distortion")
     freq_scales: list[float] = Field(default_factory=lambda: [1.0], description="the DVFS grid searched")
     ratios: list[float] = Field(default_factory=lambda: [0.0], description="the pruning ratios searched")

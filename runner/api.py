@@ -368,7 +368,7 @@ def _resolve_link(opts: RunOptions) -> _Setup:
 
     load_token(opts.token_file)  # a bad token file is found before any work
     if opts.batch < 1 or opts.warmup < 0 or opts.repeats < 1 or opts.timeout_s <= 0:
-        raise UserInputError("--batch and --repeats must be >= 1, --warmup >= 0, --timeout-s > 0")
+        raise UserInputError("--batch and --repeats must be >= 1, --warmup >= 0, --timeout > 0")
     plan = load_document(opts.plan, Plan) if opts.plan else None
     rate_bps = parse_rate_bps(opts.emulate_rate) if opts.emulate_rate else None
     rtt_ms = parse_duration_ms(opts.emulate_rtt) if opts.emulate_rtt else 0.0
@@ -427,7 +427,7 @@ def _fit_model(s: _Setup) -> None:
     if not ad.is_decoder:
         new_tokens = 0
     elif new_tokens < 0:
-        raise UserInputError("--new-tokens must not be negative")
+        raise UserInputError("--decode-steps must not be negative")
     s.new_tokens = new_tokens
     total = ad.num_blocks + 2
     bounds = [0, *(s.chain_cuts or [s.cut])]
@@ -441,7 +441,7 @@ def _fit_model(s: _Setup) -> None:
         raise UserInputError(f"the exported shards split at cut {s.shard_cut}, not {s.cut}")
     limit = max_positions(s.loaded.model.config)
     if limit is not None and s.prompt_tokens + new_tokens > limit:
-        raise UserInputError(f"--prompt-tokens + --new-tokens = {s.prompt_tokens + new_tokens} exceeds the model's {limit} positions")
+        raise UserInputError(f"--prompt-tokens + --decode-steps = {s.prompt_tokens + new_tokens} exceeds the model's {limit} positions")
     s.bounds = bounds
     if opts.role == "device":
         from coinfer.runner.server import parse_hostport

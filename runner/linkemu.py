@@ -8,37 +8,24 @@ result says so. Traffic stays on the namespace's own 127.0.0.1: it never leaves 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from coinfer import units
 from coinfer.errors import UserInputError
-
-_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "": 1.0}
 
 
 def parse_rate_bps(text: str) -> float:
-    """``20Mbps``, ``500kbit``, ``1.5Gbps`` or a plain number of bit/s to bit/s.
-
-    Raises:
-        UserInputError: Not a positive rate.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)(?:bps|bit/s|bit|b/s)?\s*", text.lower())
-    if not m or float(m.group(1)) <= 0:
-        raise UserInputError(f"rate {text!r}: expected a positive rate such as 20Mbps, 500kbps or 1Gbps")
-    return float(m.group(1)) * _RATE_UNITS[m.group(2)]
+    """``--emulate-rate``: a rate read by the one unit parser (:mod:`coinfer.units`), in bit/s."""
+    return units.parse_rate_bps(text, "--emulate-rate")
 
 
 def parse_duration_ms(text: str) -> float:
-    """``10ms``, ``0.2s``, ``500us`` or a plain number of milliseconds to milliseconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s|)\s*", text.lower())
-    if not m:
-        raise UserInputError(f"duration {text!r}: expected e.g. 10ms or 0.2s")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    """``--emulate-rtt``: a duration read by the one unit parser (:mod:`coinfer.units`), in ms."""
+    return units.parse_duration_ms(text, "--emulate-rtt")
 
 
 @dataclass(frozen=True)

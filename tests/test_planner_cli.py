@@ -52,8 +52,8 @@ def run_bad(capsys, *args):
 
 def test_plan_writes_versioned_file_with_hashes(files, capsys, tmp_path):
     out = tmp_path / "plan.json"
-    text = run_ok(capsys, "--device", files["dev"], "--server-speedup", 5, "--prune", files["prune"], "--rate", "20Mbps",
-                  "--rtt", "10ms", "--new-tokens", 8, "--freq-range", "0.5:1.0:3", "--max-distortion", 0.05,
+    text = run_ok(capsys, "--device-profile", files["dev"], "--server-speedup", 5, "--prune-report", files["prune"], "--rate", "20Mbps",
+                  "--rtt", "10ms", "--decode-steps", 8, "--freq-range", "0.5:1.0:3", "--max-distortion", 0.05,
                   "-o", out)
     plan = load_document(out, Plan)
     assert plan.kind == "plan" and plan.schema_version == 1
@@ -78,7 +78,7 @@ def test_plan_writes_versioned_file_with_hashes(files, capsys, tmp_path):
 
 
 def test_json_and_sweep(files, capsys, tmp_path):
-    text = run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "20Mbps",
+    text = run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "20Mbps",
                   "--sweep-rate", "10kbps:10Gbps:50", "--json")
     plan = Plan.model_validate(json.loads(text))
     sweep = plan.rate_sweep
@@ -89,7 +89,7 @@ def test_json_and_sweep(files, capsys, tmp_path):
 
 
 def test_wireless_with_power_choice(files, capsys):
-    text = run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--bandwidth", "5MHz",
+    text = run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--bandwidth", "5MHz",
                   "--tx-power-range", "10dBm:23dBm:4", "--distance", "200m", "--objective", "weighted",
                   "--energy-weight", "100", "--json")
     plan = Plan.model_validate(json.loads(text))
@@ -98,7 +98,7 @@ def test_wireless_with_power_choice(files, capsys):
 
 
 def test_chain_cli(files, capsys, tmp_path):
-    text = run_ok(capsys, "--device", f"phone={files['dev']}", "--device", f"laptop={files['srv']}",
+    text = run_ok(capsys, "--device-profile", f"phone={files['dev']}", "--device-profile", f"laptop={files['srv']}",
                   "--server-speedup", 20, "--link", "phone-laptop:100Mbps:2ms", "--link", "laptop-server:1Gbps:20ms",
                   "--json")
     plan = Plan.model_validate(json.loads(text))
@@ -112,7 +112,9 @@ def test_chain_cli(files, capsys, tmp_path):
     [
         (["--rate", "0Mbps"], "must be positive"),
         (["--rate", "nanMbps"], "not a rate"),
-        (["--rate", "20furlongs"], "unknown unit 'furlongs'"),
+        (["--rate", "20furlongs"], "unknown rate unit 'furlongs'"),
+        (["--rate", "20MBps"], "write Mbps for megabits or MB/s for megabytes"),
+        (["--rate", "20Mbps", "--max-energy", "1mj"], "did you mean mJ or MJ"),
         (["--rate", "20"], "missing unit"),
         (["--rate", "-5Mbps"], "must be positive"),
         (["--rate", "20Mbps", "--rtt", "-1ms"], "must not be negative"),
@@ -129,26 +131,26 @@ def test_chain_cli(files, capsys, tmp_path):
     ],
 )
 def test_bad_input_is_one_line(files, capsys, extra, message):
-    line = run_bad(capsys, "--device", files["dev"], "--server", files["srv"], *extra)
+    line = run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], *extra)
     assert message in line
 
 
 def test_bad_files_are_one_line(files, capsys, tmp_path):
-    assert "different models" in run_bad(capsys, "--device", files["dev"], "--server", files["other"], "--rate", "1Mbps")
+    assert "different models" in run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["other"], "--rate", "1Mbps")
     plan_file = tmp_path / "plan.json"
-    run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "1Mbps", "-o", plan_file)
+    run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "1Mbps", "-o", plan_file)
     assert "expected a 'profile' file, found a 'plan' file" in run_bad(
-        capsys, "--device", plan_file, "--server", files["srv"], "--rate", "1Mbps")
+        capsys, "--device-profile", plan_file, "--server-profile", files["srv"], "--rate", "1Mbps")
     d = json.loads(files["dev"].read_text())
     d["schema_version"] = 99
     (tmp_path / "v99.json").write_text(json.dumps(d))
-    assert "version 99 is not supported" in run_bad(capsys, "--device", tmp_path / "v99.json", "--server",
+    assert "version 99 is not supported" in run_bad(capsys, "--device-profile", tmp_path / "v99.json", "--server-profile",
                                                     files["srv"], "--rate", "1Mbps")
-    assert "another model" in run_bad(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "1Mbps",
-                                      "--prune", _other_prune(tmp_path))
-    assert "not both" in run_bad(capsys, "--device", files["dev"], "--server", files["srv"], "--server-speedup", 2,
+    assert "another model" in run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "1Mbps",
+                                      "--prune-report", _other_prune(tmp_path))
+    assert "not both" in run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--server-speedup", 2,
                                  "--rate", "1Mbps")
-    assert "no such file" in run_bad(capsys, "--device", tmp_path / "nope.json", "--server-speedup", 2, "--rate", "1Mbps")
+    assert "no such file" in run_bad(capsys, "--device-profile", tmp_path / "nope.json", "--server-speedup", 2, "--rate", "1Mbps")
 
 
 def _other_prune(tmp_path):
@@ -159,18 +161,18 @@ def _other_prune(tmp_path):
 
 def test_nothing_written_on_bad_input(files, capsys, tmp_path):
     out = tmp_path / "plan.json"
-    run_bad(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "1Mbps", "--max-latency", "0.001ms",
+    run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "1Mbps", "--max-latency", "0.001ms",
             "-o", out)
     assert not out.exists()
-    assert "does not exist" in run_bad(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "1Mbps",
+    assert "does not exist" in run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "1Mbps",
                                        "-o", tmp_path / "missing" / "plan.json")
 
 
 def test_subprocess_bad_input_has_no_traceback(files):
-    proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "plan", "--device", str(files["dev"]),
+    proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "plan", "--device-profile", str(files["dev"]),
                            "--server-speedup", "4", "--rate", "1.5 Gbit"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "unknown unit 'Gbit'" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown rate unit 'Gbit'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -187,8 +189,8 @@ def test_plan_best_equals_the_prediction_for_its_configuration(files, capsys, tm
     from coinfer.planner import predict_cut
 
     out = tmp_path / "plan.json"
-    run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "5Mbps", "--rtt", "4ms",
-           "--new-tokens", 5, "--prompt-tokens", 48, "--wire-dtype", "fp16", "--prune", files["prune"],
+    run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "5Mbps", "--rtt", "4ms",
+           "--decode-steps", 5, "--prompt-tokens", 48, "--wire-dtype", "fp16", "--prune-report", files["prune"],
            "--freq-range", "0.6:1:3", "-o", out)
     plan = load_document(out, Plan)
     b = plan.best
@@ -202,29 +204,29 @@ def test_plan_best_equals_the_prediction_for_its_configuration(files, capsys, tm
 
 def test_chain_bad_links_are_one_line(files, capsys):
     a, b = f"a={files['dev']}", f"b={files['srv']}"
-    assert "not a consecutive pair of the chain a -> b" in run_bad(capsys, "--device", a, "--device", b,
+    assert "not a consecutive pair of the chain a -> b" in run_bad(capsys, "--device-profile", a, "--device-profile", b,
                                                                    "--link", "a-c:1Mbps")
-    assert "missing --link a-b" in run_bad(capsys, "--device", a, "--device", b, "--link", "b-server:1Mbps",
+    assert "missing --link a-b" in run_bad(capsys, "--device-profile", a, "--device-profile", b, "--link", "b-server:1Mbps",
                                            "--server-speedup", 3)
-    assert "expected A-B:RATE" in run_bad(capsys, "--device", a, "--device", b, "--link", "ab")
-    assert "memory caps" in run_bad(capsys, "--device", a, "--device", b, "--link", "a-b:1Mbps",
+    assert "expected A-B:RATE" in run_bad(capsys, "--device-profile", a, "--device-profile", b, "--link", "ab")
+    assert "memory caps" in run_bad(capsys, "--device-profile", a, "--device-profile", b, "--link", "a-b:1Mbps",
                                     "--member-memory", "a:0B", "--member-memory", "b:0B")
 
 
 def test_chain_throughput_objective(files, capsys):
-    text = run_ok(capsys, "--device", f"a={files['dev']}", "--device", f"b={files['dev']}", "--link", "a-b:1Gbps",
+    text = run_ok(capsys, "--device-profile", f"a={files['dev']}", "--device-profile", f"b={files['dev']}", "--link", "a-b:1Gbps",
                   "--objective", "throughput", "--json")
     plan = Plan.model_validate(json.loads(text))
     assert plan.objective == "throughput" and plan.chain.objective == "throughput"
     # Two equal members on a fast link: the bottleneck is about half the whole model's compute.
     whole = sum(s.compute_ms for s in plan.chain.segments)
     assert plan.chain.bottleneck_ms < 0.75 * whole
-    assert "for chains" in run_bad(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "1Mbps",
+    assert "for chains" in run_bad(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "1Mbps",
                                    "--objective", "throughput")
 
 
 def test_nominal_candidates_are_unpruned_at_full_frequency(files, capsys):
-    text = run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "5Mbps", "--prune",
+    text = run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "5Mbps", "--prune-report",
                   files["prune"], "--freq-range", "0.5:0.8:2", "--json")
     plan = Plan.model_validate(json.loads(text))
     assert [c.cut for c in plan.nominal] == list(range(9))
@@ -237,5 +239,5 @@ def test_nominal_candidates_are_unpruned_at_full_frequency(files, capsys):
 
 
 def test_random_weights_are_labelled(files, capsys):
-    out = run_ok(capsys, "--device", files["dev"], "--server", files["srv"], "--rate", "20Mbps")
+    out = run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "20Mbps")
     assert "weights: random" in out.splitlines()[0]

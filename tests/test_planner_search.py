@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from coinfer.errors import InfeasibleError
-from coinfer.planner.chain import build_chain_problem, chain_costs, solve_chain
+from coinfer.planner.chain import ChainProblem, build_chain_problem, chain_costs, hops_used, solve_chain
 from coinfer.planner.cost import Budgets, Objective, Workload, build_cost_model, derive_server_profile
 from coinfer.planner.link import Link, wireless_link
 from coinfer.planner.search import search, sweep_rates
@@ -209,3 +209,58 @@ def test_two_member_chain_equals_single_split():
     expect = min(model.evaluate(link, c).total_latency_ms for c in range(model.num_stages + 1))
     assert close(value, expect)
     assert close(model.evaluate(link, bounds[1]).total_latency_ms, value)
+
+
+def _tie_chain(hop_bc_ms: float) -> ChainProblem:
+    """Three members, four stages: stage 0 costs 10 ms everywhere, so every partition's bottleneck is 10."""
+    n = 4
+    stage = np.array([[10.0, 3.0, 3.0, 3.0]] * 3)
+    hop_ms = np.array([[5.0] * n + [0.0], [hop_bc_ms] * n + [0.0]])
+    return ChainProblem(
+        members=["a", "b", "c"], stage_ms=stage, stage_mem=np.zeros((3, n)), hop_ms=hop_ms,
+        hop_busy_ms=np.array([[1.0] * n + [0.0]] * 2), memory_caps=np.full(3, np.inf),
+        hop_names=["a-b", "b-c"], hop_rates_bps=[1e6, 1e6], hop_rtts_ms=[0.0, 0.0],
+        hop_payload_bytes=np.full(n + 1, 100.0),
+    )
+
+
+def _lexicographic_best(prob):
+    k, n = prob.stage_ms.shape
+    keyed = []
+    for inner in itertools.combinations_with_replacement(range(n + 1), k - 1):
+        bounds = [0, *inner, n]
+        total, bottleneck = chain_costs(prob, bounds)
+        keyed.append(((round(bottleneck, 9), round(total, 9), hops_used(prob, bounds)), bounds))
+    return min(keyed)
+
+
+def test_throughput_ties_go_to_least_latency_then_fewest_hops():
+    # a:[embed] b:[rest] (one hop, 24 ms) against e.g. a:[embed] b:[] c:[rest] (two hops, 29 ms): same bottleneck.
+    prob = _tie_chain(hop_bc_ms=5.0)
+    bounds, value = solve_chain(prob, "throughput")
+    assert value == 10.0 and bounds == [0, 1, 4, 4]
+    assert chain_costs(prob, bounds) == (24.0, 10.0) and hops_used(prob, bounds) == 1
+    # A free second hop: a:[embed] b:[block] c:[rest] also takes 24 ms; the one-hop partition still wins.
+    prob = _tie_chain(hop_bc_ms=0.0)
+    assert chain_costs(prob, [0, 1, 2, 4]) == (24.0, 10.0)
+    assert solve_chain(prob, "throughput")[0] == [0, 1, 4, 4]
+
+
+def test_throughput_tie_breaks_match_enumeration():
+    # Integer costs make many bottleneck ties; the DP must pick what lexicographic enumeration picks.
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        k, n = int(rng.integers(2, 5)), int(rng.integers(2, 7))
+        stage = rng.integers(0, 4, size=(k, n)).astype(float)
+        hop = rng.integers(0, 3, size=(k - 1, n + 1)).astype(float)
+        hop[:, n] = 0.0
+        prob = ChainProblem(
+            members=[f"m{j}" for j in range(k)], stage_ms=stage, stage_mem=np.zeros((k, n)), hop_ms=hop + 1.0 * (hop > 0),
+            hop_busy_ms=hop, memory_caps=np.full(k, np.inf), hop_names=[f"h{j}" for j in range(k - 1)],
+            hop_rates_bps=[1e6] * (k - 1), hop_rtts_ms=[1.0] * (k - 1), hop_payload_bytes=np.ones(n + 1),
+        )
+        bounds, value = solve_chain(prob, "throughput")
+        (bottleneck, total, hops), _ = _lexicographic_best(prob)
+        got_total, got_bottleneck = chain_costs(prob, bounds)
+        assert close(value, bottleneck) and close(got_bottleneck, bottleneck)
+        assert close(got_total, total) and hops_used(prob, bounds) == hops

@@ -12,8 +12,8 @@ from coinfer.cli.main import main
 from coinfer.models.loading import build_from_config
 from coinfer.reports import Profile, load_document
 
-FAST = ["--seq-len", "8", "--decode-context", "4", "--repeats", "2", "--warmup", "0", "--threads", "1",
-        "--power-w", "5", "--no-emissions", "--min-time-s", "0"]
+FAST = ["--prompt-tokens", "8", "--decode-context", "4", "--repeats", "2", "--warmup", "0", "--threads", "1",
+        "--power", "5W", "--no-emissions", "--min-time", "0s"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,10 @@ def _one_line_error(capsys, needle):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--seq-len", "0"], "--seq-len must be positive"),
+        (["--prompt-tokens", "0"], "'--prompt-tokens': Input should be greater than or equal to 1"),
+        (["--power", "5"], "--power '5': missing unit"),
+        (["--power", "5mw"], "did you mean mW or MW"),
+        (["--min-time", "1"], "--min-time '1': missing unit"),
         (["--decode-context", "4,x"], "integers"),
         (["--dtype", "int4"], "--dtype"),
         (["--model", "/no/such/folder"], "no such folder"),

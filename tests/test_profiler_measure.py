@@ -177,12 +177,12 @@ def test_no_power_model_means_no_energy(monkeypatch, tiny):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(seq_len=0), "--seq-len must be positive"),
+        (dict(seq_len=0), "--prompt-tokens must be positive"),
         (dict(batch=-1), "--batch"),
         (dict(repeats=0), "--repeats"),
         (dict(dtype="fp8"), "--dtype"),
         (dict(device="tpu"), "--device"),
-        (dict(power_w=0.0), "--power-w"),
+        (dict(power_w=0.0), "--power must be positive"),
         (dict(decode_context=[0]), "--decode-context"),
         (dict(threads=0), "--threads"),
     ],

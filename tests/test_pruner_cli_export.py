@@ -18,7 +18,7 @@ from coinfer.pruner.structure import prune_copy
 from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.prune import PruneReport
 
-QUICK = ["--repeats", "1", "--seq-len", "16", "--windows", "2"]
+QUICK = ["--repeats", "1", "--prompt-tokens", "16", "--windows", "2"]
 
 
 @pytest.fixture(scope="module")

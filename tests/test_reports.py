@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 
@@ -115,3 +116,23 @@ def test_unwritable_destinations(tmp_path):
         check_writable(tmp_path / "no" / "x.json")
     with pytest.raises(UserInputError, match="is a folder"):
         check_writable(tmp_path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_respects_the_umask(tmp_path, umask, mode):
+    # Written files are readable like any other file the user writes (mkstemp alone gives 0600).
+    old = os.umask(umask)
+    try:
+        target = atomic_write_bytes(tmp_path / "out.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert os.umask(old) == old  # the umask is left as it was
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    atomic_write_bytes(target, b"new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() == b"new"

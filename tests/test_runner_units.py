@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from coinfer import units
 from coinfer.cli.main import main
 from coinfer.errors import UserInputError
 from coinfer.models.payload import activation_bytes
@@ -38,23 +39,25 @@ def test_codec_sizes_match_payload_model_and_roundtrip(wire_dtype):
         assert err.max() > 0
 
 
-@pytest.mark.parametrize(
-    "text, bps", [("20Mbps", 20e6), ("500kbps", 5e5), ("1.5Gbps", 1.5e9), ("20mbit", 20e6), ("1000", 1000.0)]
-)
-def test_parse_rate(text, bps):
-    assert parse_rate_bps(text) == bps
-
-
-@pytest.mark.parametrize("text", ["fast", "-5Mbps", "0Mbps", "20 furlongs"])
-def test_parse_rate_rejects(text):
-    with pytest.raises(UserInputError):
-        parse_rate_bps(text)
+@pytest.mark.parametrize("text", ["20Mbps", "500kbps", "1.5Gbps", "2MB/s", "20", "20mbit", "20MBps", "fast",
+                                  "-5Mbps", "0Mbps", "20 furlongs"])
+def test_emulate_rate_reads_like_plan_rate(text):
+    # One parser: the same value, or the same refusal under the option's own name.
+    try:
+        expected = units.parse_rate_bps(text, "--rate")
+    except UserInputError as exc:
+        with pytest.raises(UserInputError) as info:
+            parse_rate_bps(text)
+        assert str(info.value) == str(exc).replace("--rate", "--emulate-rate", 1)
+    else:
+        assert parse_rate_bps(text) == expected
 
 
 def test_parse_duration():
     assert parse_duration_ms("10ms") == 10 and parse_duration_ms("0.2s") == 200 and parse_duration_ms("500us") == 0.5
-    with pytest.raises(UserInputError):
-        parse_duration_ms("soon")
+    for bad in ("soon", "10"):
+        with pytest.raises(UserInputError, match="--emulate-rtt"):
+            parse_duration_ms(bad)
 
 
 def test_tbf_bucket_is_small_but_covers_one_tick():
@@ -100,18 +103,19 @@ def tiny_folder(tmp_path_factory):
         (["--wire-dtype", "fp8", "--cut", "1"], "fp8"),
         (["--cut", "99"], "cut(s) [99]"),
         (["--chain-cuts", "3,2"], "increasing"),
-        (["--cut", "1", "--emulate-rate", "fast"], "rate 'fast'"),
+        (["--cut", "1", "--emulate-rate", "fast"], "--emulate-rate 'fast'"),
         (["--cut", "1", "--role", "device"], "needs --server"),
         (["--cut", "1", "--role", "device", "--server", "nonsense"], "HOST:PORT"),
         (["--cut", "1", "--role", "device", "--server", "127.0.0.1:1"], "cannot reach server"),
         (["--cut", "1", "--role", "device", "--server", "127.0.0.1:1", "--emulate-rate", "5Mbps"], "--emulate-rate"),
-        (["--cut", "1", "--prompt-tokens", "60", "--new-tokens", "10"], "positions"),
+        (["--cut", "1", "--prompt-tokens", "60", "--decode-steps", "10"], "positions"),
         (["--cut", "1", "--role", "moon"], "--role"),
     ],
 )
 def test_bad_input_exit_2_and_no_file(tiny_folder, tmp_path, capsys, args, message):
     out = tmp_path / "run.json"
-    assert main(["run", "--model", tiny_folder, "--out", str(out), *args]) == 2
+    small = [] if "--prompt-tokens" in args else ["--prompt-tokens", "8", "--decode-steps", "2"]
+    assert main(["run", "--model", tiny_folder, "--output", str(out), *small, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1], err
     assert not out.exists()
@@ -120,7 +124,7 @@ def test_bad_input_exit_2_and_no_file(tiny_folder, tmp_path, capsys, args, messa
 def test_bad_plan_file_one_line_no_traceback(tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text('{"kind": "profile", "schema_version": 1}')
-    proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "run", "--plan", str(plan), "--out",
+    proc = subprocess.run([sys.executable, "-m", "coinfer.cli.main", "run", "--plan", str(plan), "--output",
                            str(tmp_path / "r.json")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -134,8 +138,8 @@ def test_all_on_device_cli_run_renders_table(tiny_folder, tmp_path, capsys):
     from coinfer.reports.run import RunResult
 
     out = tmp_path / "run.json"
-    assert main(["run", "--model", tiny_folder, "--cut", "4", "--new-tokens", "3", "--prompt-tokens", "4",
-                 "--out", str(out)]) == 0
+    assert main(["run", "--model", tiny_folder, "--cut", "4", "--decode-steps", "3", "--prompt-tokens", "4",
+                 "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert "measured vs predicted" in text and "identical to the unsplit model: yes" in text
     res = load_document(out, RunResult)
