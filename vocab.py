@@ -73,3 +73,9 @@ def max_positions(config: Any) -> int | None:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return v
     return None
+
+
+# -- defaults every command and library entry point shares ---------------------------------------
+DEFAULT_MODEL = "gpt2"
+DEFAULT_PROMPT_TOKENS = 128
+DEFAULT_DECODE_STEPS = 32  # decoders; m steps after the prefill give m + 1 generated tokens

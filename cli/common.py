@@ -28,10 +28,8 @@ import typer
 from typer.core import TyperCommand
 
 from coinfer.cli.app import app, console, err_console
+from coinfer.vocab import DEFAULT_DECODE_STEPS, DEFAULT_MODEL, DEFAULT_PROMPT_TOKENS  # noqa: F401  (re-exported)
 
-DEFAULT_MODEL = "gpt2"
-DEFAULT_PROMPT_TOKENS = 128
-DEFAULT_DECODE_STEPS = 32
 REMOVED_IN = "0.3"
 
 # Help panels, the same names in every command.

@@ -9,6 +9,7 @@ from typing import Any
 
 from coinfer.errors import UserInputError
 from coinfer.pruner.importance import IMPORTANCES
+from coinfer.vocab import DEFAULT_PROMPT_TOKENS
 
 SCOPES = ("all", "device")
 
@@ -45,7 +46,7 @@ class PruneOptions:
     export_dir: str | None = None
     force: bool = False
     onnx: bool = True
-    seq_len: int = 64
+    seq_len: int = DEFAULT_PROMPT_TOKENS
     max_windows: int = 8
     repeats: int = 10
     measure_speed: bool = True

@@ -17,7 +17,13 @@ from coinfer.reports.common import MachineInfo
 from coinfer.reports.run import ChainMember, ExportedShards, LinkEmulation, RunResult
 from coinfer.runner.outcome import DeviceOutcome, RequestRecord, phase_timings, traffic
 from coinfer.runner.predict import Prediction
-from coinfer.vocab import check_wire_dtype, cut_name, max_positions
+from coinfer.vocab import (
+    DEFAULT_DECODE_STEPS,
+    DEFAULT_PROMPT_TOKENS,
+    check_wire_dtype,
+    cut_name,
+    max_positions,
+)
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -56,8 +62,6 @@ class RunOptions:
     max_sessions: int = 1
 
 
-DEFAULT_PROMPT_TOKENS = 32
-DEFAULT_NEW_TOKENS = 8
 
 
 # -- server role --------------------------------------------------------------------------------
@@ -423,7 +427,7 @@ def _fit_model(s: _Setup) -> None:
         raise UserInputError(f"--prune-report {opts.prune_report} exported shards of {s.dev_cfg.model.name}, not {s.spec}")
     if s.plan is not None and not s.plan.model.same_architecture(ident):
         raise UserInputError(f"--plan {opts.plan} is for {s.plan.model.name} ({s.plan.model.config_sha256[:12]}), not {s.spec}")
-    new_tokens = opts.new_tokens if opts.new_tokens is not None else (s.plan.new_tokens if s.plan else DEFAULT_NEW_TOKENS)
+    new_tokens = opts.new_tokens if opts.new_tokens is not None else (s.plan.new_tokens if s.plan else DEFAULT_DECODE_STEPS)
     if not ad.is_decoder:
         new_tokens = 0
     elif new_tokens < 0:
