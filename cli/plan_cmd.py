@@ -168,6 +168,13 @@ def plan_cmd(
     if as_json:
         sys.stdout.write(to_json(plan))
         return
+    render(plan)
+    if output is not None:
+        console.print(f"wrote {output}")
+
+
+def render(plan: Plan) -> None:
+    """Print what `coinfer plan` prints for a plan (all but the written path)."""
     ident = plan.model
     console.print(f"[bold]{ident.name}[/] ({ident.family}, {ident.num_blocks} blocks, weights: {ident.weights}); link "
                   f"{fmt_rate(plan.link.uplink_rate_bps)} up / {fmt_rate(plan.link.downlink_rate_bps)} down, "
@@ -181,5 +188,3 @@ def plan_cmd(
             _render_sweep(plan)
     for note in plan.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
-    if output is not None:
-        console.print(f"wrote {output}")

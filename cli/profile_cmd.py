@@ -68,6 +68,13 @@ def render_profile(profile) -> Table:
     return table
 
 
+def render(profile) -> None:
+    """Print what `coinfer profile` prints for a profile: the table, then its notes."""
+    console.print(render_profile(profile))
+    for note in profile.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+
+
 @app.command("profile")
 def profile_cmd(
     model: str = typer.Option("gpt2", "--model", "-m", help="minilm, a preset (see 'coinfer models') or a local HF folder"),
@@ -129,8 +136,6 @@ def profile_cmd(
     if as_json:
         print(to_json(profile), end="")
         return
-    console.print(render_profile(profile))
-    for note in profile.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+    render(profile)
     if output is not None:
         console.print(f"wrote {output}")

@@ -39,6 +39,12 @@ def prune_cmd(
         measure_speed=not no_speed, output=output,
     )
     rep = run_prune(opts)
+    render(rep)
+    console.print(f"report written to {output}", markup=False, highlight=False)
+
+
+def render(rep) -> None:
+    """Print what `coinfer prune` prints for a pruning report (all but the written path)."""
     m = rep.model
     console.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights}) scope={rep.scope}"
@@ -93,4 +99,3 @@ def prune_cmd(
         console.print(f"note: {n}", markup=False, highlight=False)
     if rep.export_dir:
         console.print(f"shards exported to {rep.export_dir}", markup=False, highlight=False)
-    console.print(f"report written to {output}", markup=False, highlight=False)

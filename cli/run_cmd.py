@@ -79,10 +79,12 @@ def run_cmd(
     result = run_command(opts, on_event=_event)
     if result is None:
         return
-    _render(result, out)
+    render(result)
+    console.print(f"wrote {out}")
 
 
-def _render(r: Any, out: str) -> None:
+def render(r: Any) -> None:
+    """Print what `coinfer run` prints for a run result (all but the written path)."""
     link = r.link
     shaped = f"{link.rate_bps / 1e6:g} Mbit/s (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
@@ -116,4 +118,3 @@ def _render(r: Any, out: str) -> None:
         console.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
     for note in r.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
-    console.print(f"wrote {out}")
