@@ -138,4 +138,4 @@ def profile_cmd(
         return
     render(profile)
     if output is not None:
-        console.print(f"wrote {output}")
+        console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
