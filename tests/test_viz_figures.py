@@ -192,6 +192,12 @@ def test_plan_with_a_derived_server_is_recomputed(tmp_path):
     model = build_cost_model(inputs.device, inputs.server, Workload(item.doc.prompt_tokens, 8), "fp32", None)
     again = [model.evaluate(Link(rate_bps=2e7, rtt_ms=5.0), c, 0, 1.0, None).total_latency_ms for c in at_plan.cuts]
     assert again == pytest.approx(at_plan.latency_ms)
+    # The profile picture draws the derived server beside the device: every stage 8x faster.
+    rep = build_report([tmp_path / "dev.json", out])
+    ax = next(p for p in rep.pictures if p.name == "profile-latency").figure.axes[0]
+    dev, srv = ax.containers
+    assert _heights(srv) == pytest.approx([h / 8 for h in _heights(dev)])
+    assert srv.get_label() == "server (derived, 8x faster)"
 
 
 def test_policy_step_plot(full):

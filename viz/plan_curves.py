@@ -69,6 +69,12 @@ def _find(inp: InputFile, plan_path: Path, pool: list[Loaded]) -> Loaded | None:
     return None
 
 
+def derived_speedup(inp: InputFile) -> float | None:
+    """The factor of a server profile the plan derived (``--server-speedup``), None if not derived."""
+    m = _SPEEDUP.search(inp.derivation or "") if inp.derived else None
+    return float(m.group(1)) if m else None
+
+
 def resolve_inputs(plan_item: Loaded, pool: list[Loaded]) -> tuple[PlanInputs | None, str]:
     """The plan's device and server profiles (and pruning report), or None and the reason."""
     plan: Plan = plan_item.doc  # type: ignore[assignment]
@@ -83,10 +89,10 @@ def resolve_inputs(plan_item: Loaded, pool: list[Loaded]) -> tuple[PlanInputs | 
     server_in = next(i for i in plan.inputs if i.role == "server")
     server: Profile = found["server"].doc  # type: ignore[assignment]
     if server_in.derived:
-        m = _SPEEDUP.search(server_in.derivation or "")
-        if m is None:
+        speedup = derived_speedup(server_in)
+        if speedup is None:
             return None, f"cannot re-derive the server profile from {server_in.derivation!r}"
-        server = derive_server_profile(found["device"].doc, float(m.group(1)))  # type: ignore[arg-type]
+        server = derive_server_profile(found["device"].doc, speedup)  # type: ignore[arg-type]
     prune = found["prune"].doc if "prune" in found else None
     return PlanInputs(found["device"].doc, server, prune), "recomputed from the plan's input files"  # type: ignore[arg-type]
 

@@ -50,7 +50,8 @@ def cuts_picture(plan: Plan, curves: list[CutCurve]) -> Picture:
     axes[0].set_title(f"latency, {plan.prompt_tokens} prompt + {plan.new_tokens} new tokens, RTT {plan.link.rtt_ms:g} ms")
     axes[0].legend(title="uplink rate", loc="best", frameon=False)
     if energy:
-        axes[1].set_title("device energy (compute + transmit)")
+        tx = "compute + transmit" if plan.link.tx_power_w is not None else "compute only: no transmit power given"
+        axes[1].set_title(f"device energy ({tx})")
     srcs = "the plan's candidates" + (", other rates recomputed from its input profiles" if others else "")
     return Picture("plan-cuts", "Latency and device energy against the cut",
                    f"Best configuration at each cut ({plan.objective} objective) at {len(curves)} uplink rate(s); "

@@ -17,7 +17,7 @@ from coinfer.reports.prune import PruneReport
 from coinfer.reports.run import RunResult
 from coinfer.viz import plan_figs, profile_figs, prune_figs, run_figs
 from coinfer.viz.documents import Loaded
-from coinfer.viz.plan_curves import cut_curves, resolve_inputs
+from coinfer.viz.plan_curves import cut_curves, derived_speedup, resolve_inputs
 from coinfer.viz.style import Picture
 from coinfer.viz.tables import Table
 
@@ -72,10 +72,23 @@ def _wire(everything: list[Loaded]) -> str:
     return plan.link.wire_dtype if plan is not None else "fp32"  # type: ignore[attr-defined]
 
 
+def _derived_servers(items: list[Loaded], everything: list[Loaded]) -> list[tuple[str, Profile]]:
+    """Servers that plans of the report derived from one of these profiles (drawn beside the device)."""
+    out = []
+    for plan_item in (i for i in everything if i.kind == "plan"):
+        server = next((i for i in plan_item.doc.inputs if i.role == "server" and i.derived), None)  # type: ignore[attr-defined]
+        if server is None or all(server.sha256 != i.sha256 for i in items):
+            continue
+        inputs, _ = resolve_inputs(plan_item, everything)
+        if inputs is not None:
+            out.append((f"server (derived, {derived_speedup(server):g}x faster)", inputs.server))
+    return out
+
+
 @renderer("profile")
 def profile_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]:
     """One section for all profiles: latency per stage, share of peak, the measuring context."""
-    profs = [(profile_label(i, everything), i.doc) for i in items]
+    profs = [(profile_label(i, everything), i.doc) for i in items] + _derived_servers(items, everything)
     sec = Section("Per-stage cost (profiles)", [str(i.path) for i in items])
     sec.pictures.append(profile_figs.latency_picture(profs, _wire(everything)))
     flops = profile_figs.flops_picture(profs)
@@ -116,7 +129,7 @@ def profile_sections(items: list[Loaded], everything: list[Loaded]) -> list[Sect
             head.append(f"{label}: decode ms @{p.stages[0].decode[0].context_tokens}")
     head.append(f"cut bytes ({_wire(everything)})")
     sec.tables.append(Table("latency per stage (medians) and the prefill payload of a cut after it", head, stage_rows))
-    for label, p in profs:
+    for label, p in profs[:len(items)]:  # a derived server repeats its device's notes
         sec.notes += [f"{label}: {n}" for n in p.notes]
     return [sec]
 
