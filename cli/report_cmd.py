@@ -33,10 +33,13 @@ def show_cmd(file: Path = typer.Argument(..., help="any coinfer file")) -> None:
     """Print a coinfer file as the tables the command that wrote it printed."""
     import importlib
 
+    from coinfer.errors import SchemaError
     from coinfer.viz.documents import load_any
 
     item = load_any(file)
     module = {"profile": "profile_cmd", "prune_report": "prune_cmd", "plan": "plan_cmd", "run_result": "run_cmd"}
+    if item.kind not in module:
+        raise SchemaError(f"{file}: no table view for {item.kind!r} files yet (coinfer report draws them)")
     importlib.import_module(f"coinfer.cli.{module[item.kind]}").render(item.doc)
 
 

@@ -222,3 +222,42 @@ def test_run_predicted_against_measured(full):
         assert _heights(predicted) == pytest.approx([getattr(phase, t).predicted_ms for t in terms])
         errors = [a.get_text() for a in ax.texts]
         assert errors == [f"{getattr(phase, t).error_pct:+.0f}%" for t in terms]
+
+
+def test_a_new_kind_plugs_in_with_a_schema_and_one_renderer(tmp_path):
+    """What `coinfer channel`'s robustness profile will do: register its schema and one function."""
+    from typing import Literal
+
+    from coinfer.reports.common import Document, ModelIdentity
+    from coinfer.reports.io import write_json
+    from coinfer.viz import documents, sections
+    from coinfer.viz.style import Picture, new_figure
+
+    class Robustness(Document):
+        kind: Literal["robustness_profile"] = "robustness_profile"
+        schema_version: Literal[1] = 1
+        model: ModelIdentity
+        erasure_p: list[float]
+        ppl_ratio: list[float]
+
+    def draw(items, everything):
+        fig, ax = new_figure()
+        doc = items[0].doc
+        ax.plot(doc.erasure_p, doc.ppl_ratio)
+        ax.set_xlabel("erasure probability")
+        ax.set_ylabel("perplexity ratio (x)")
+        return [sections.Section("Robustness", [str(items[0].path)], pictures=[Picture("robust", "t", "c", fig)])]
+
+    ident = _doc("plan.json", Plan).model
+    write_json(Robustness(model=ident, erasure_p=[0.01, 0.1], ppl_ratio=[1.1, 2.0]), tmp_path / "r.json")
+    documents.register_kind("robustness_profile", Robustness)
+    sections.renderer("robustness_profile")(draw)
+    try:
+        rep = build_report([DATA / "plan.json", tmp_path / "r.json"])
+        assert [s.title for s in rep.sections][-1] == "Robustness"
+        robust = rep.pictures[-1].figure.axes[0]
+        assert list(robust.get_lines()[0].get_ydata()) == [1.1, 2.0]
+        assert main(["show", str(tmp_path / "r.json")]) == 2
+    finally:
+        documents.SCHEMAS.pop("robustness_profile")
+        sections.RENDERERS.pop("robustness_profile")

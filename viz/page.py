@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 
 from coinfer.reports.common import ModelIdentity
 from coinfer.viz.documents import Loaded
@@ -15,8 +16,8 @@ body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; 
        line-height: 1.45; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; border-bottom: 1px solid #ccc; margin-top: 2.5rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.3rem; }
 figure { margin: 1.2rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #444; } dt { font-weight: 600; } dd { margin: 0 0 0.4rem 1.2rem; }
@@ -41,9 +42,17 @@ def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+_NUMBER = re.compile(r"^[*~+-]?[0-9][0-9,.]*(e[+-]?[0-9]+)?( ± [0-9,.]+)?[*%x]?( \(.*\))?$")
+
+
+def _td(cell: str) -> str:
+    cls = " class='n'" if _NUMBER.match(cell) else ""
+    return f"<td{cls}>{_esc(cell)}</td>"
+
+
 def _html_table(t: Table) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in t.header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+    body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in t.rows)
     return f"<table><caption>{_esc(t.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -138,7 +138,7 @@ def _ppl_protocol(rep: PruneReport) -> str:
     cal = rep.calibration
     tok = "UTF-8 bytes modulo the vocabulary" if cal.tokenizer == "bytes" else "the model's tokenizer"
     return (f"text {cal.source} (sha256 {cal.sha256[:12]}), {cal.tokens} tokens in {cal.num_sequences} windows of "
-            f"{rep.seq_len or '?'} tokens, tokenized with {tok}; importance and perplexity on the same text")
+            f"{rep.seq_len or '?'} tokens, tokenized with {tok}")
 
 
 @renderer("prune_report")
