@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # The main job on the embedded model (real MiniLM weights): measure it here, then plan the split
-# for a 20 Mbps link with a server derived as 8x faster (no second machine needed).
+# for a 20 Mbps link with a server derived as 8x faster (no second machine needed), then draw the report.
 demo: $(STAMP)
 	@mkdir -p out
 	$(BIN)/coinfer profile --model minilm --prompt-tokens 128 --repeats 5 -o out/minilm.profile.json
 	$(BIN)/coinfer plan --device-profile out/minilm.profile.json --server-speedup 8 --rate 20Mbps --rtt 10ms \
 		--sweep-rate 100kbps:1Gbps -o out/plan.json
+	$(BIN)/coinfer report out/minilm.profile.json out/plan.json -o out/report --force
+	@echo "report: $(CURDIR)/out/report/report.html (Markdown twin: out/report/report.md)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

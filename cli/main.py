@@ -10,7 +10,15 @@ configure_openmp_wait()  # before any command imports torch
 
 # Every command module registers itself on the app when imported. The imports are explicit: a
 # command module that fails to import must crash here, loudly, not vanish from the CLI.
-from coinfer.cli import inspect_cmd, perplexity_cmd, plan_cmd, profile_cmd, prune_cmd, run_cmd  # noqa: E402
+from coinfer.cli import (  # noqa: E402
+    inspect_cmd,
+    perplexity_cmd,
+    plan_cmd,
+    profile_cmd,
+    prune_cmd,
+    report_cmd,
+    run_cmd,
+)
 from coinfer.cli.app import app, err_console  # noqa: E402
 from coinfer.errors import CoinferError  # noqa: E402
 
@@ -20,8 +28,8 @@ except ImportError:  # pragma: no cover - older typer on click
     from click.exceptions import ClickException, NoArgsIsHelpError
 from typer import Abort  # noqa: E402
 
-COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd)
-COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity")
+COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd)
+COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare")
 EXIT_USER_ERROR = 2
 
 

@@ -268,6 +268,12 @@ def plan_cmd(
     if as_json:
         out.emit_json(plan)
         return
+    render(plan, out)
+    out.wrote(output)
+
+
+def render(plan: Plan, out: Output) -> None:
+    """What ``coinfer plan`` prints for a plan (also ``coinfer show``)."""
     out.print(_header(plan), highlight=False)
     if plan.chain is not None:
         _render_chain(plan, out)
@@ -277,7 +283,6 @@ def plan_cmd(
         if plan.rate_sweep:
             _render_sweep(plan, out)
     out.notes(plan.notes, lambda n: n in MODEL_NOTES)
-    out.wrote(output)
 
 
 def _header(plan: Plan) -> str:

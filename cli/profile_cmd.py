@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,9 +165,14 @@ def profile_cmd(
     if as_json:
         out.emit_json(profile)
         return
+    render(profile, out)
+    out.wrote(output)
+
+
+def render(profile: Any, out: Output) -> None:
+    """The table and notes ``coinfer profile`` prints for a profile (also ``coinfer show``)."""
     out.print(render_profile(profile))
     out.notes(profile.notes, lambda n: n.startswith(METHOD_NOTES))
-    out.wrote(output)
 
 
 def _positive(value: float, text: str, option: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 import typer
 from rich import box
@@ -97,11 +98,12 @@ def prune_cmd(
     if as_json:
         out.emit_json(rep)
         return
-    _render(rep, out)
+    render(rep, out)
     out.wrote(output)
 
 
-def _render(rep, out: Output) -> None:
+def render(rep: Any, out: Output) -> None:
+    """What ``coinfer prune`` prints for a pruning report (also ``coinfer show``)."""
     m = rep.model
     out.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights_label}) scope={rep.scope}"

@@ -182,7 +182,7 @@ def run_cmd(
     if as_json:
         out.emit_json(result)
         return
-    _render(result, out)
+    render(result, out)
     out.wrote(output)
 
 
@@ -190,7 +190,8 @@ def _log_event(ev: dict[str, Any]) -> None:
     err_console.print(_event_text(ev), markup=False, highlight=False)
 
 
-def _render(r: Any, out: Output) -> None:
+def render(r: Any, out: Output) -> None:
+    """What ``coinfer run`` prints for a run result (also ``coinfer show``)."""
     link = r.link
     shaped = f"{fmt_rate(link.rate_bps)} (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
