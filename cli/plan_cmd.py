@@ -9,8 +9,11 @@ from rich import box
 from rich.table import Table
 
 from coinfer.cli.app import app, console
+from coinfer.cli.policy_view import render_policy_plan
+from coinfer.errors import UserInputError
 from coinfer.planner.options import request_from_cli
 from coinfer.planner.plan import make_plan
+from coinfer.planner.robust import robust_plan, robust_spec_from_cli
 from coinfer.planner.units import fmt_rate
 from coinfer.reports.io import check_writable, to_json, write_json
 from coinfer.reports.plan import Candidate, Plan
@@ -148,13 +151,31 @@ def plan_cmd(
     link: list[str] | None = typer.Option(None, "--link", help="chain hop A-B:RATE[:RTT]; repeat"),
     chain_objective: str = typer.Option("latency", "--chain-objective", help="chain: latency or throughput"),
     member_memory: list[str] | None = typer.Option(None, "--member-memory", help="chain: NAME:SIZE memory cap"),
+    robustness: str | None = typer.Option(None, "--robustness", help="robustness profile (coinfer channel): choose the wire precision with the cut"),
+    max_ppl_ratio: float | None = typer.Option(None, "--max-ppl-ratio", help="decoders: quality budget, perplexity over the clean model's, e.g. 1.05"),
+    min_cosine: float | None = typer.Option(None, "--min-cosine", help="encoders: quality budget, pooled cosine to the clean model, e.g. 0.99"),
+    erasure: str | None = typer.Option(None, "--erasure", help="channel state: element erasure probability in [0, 1]"),
+    snr_db: str | None = typer.Option(None, "--snr-db", help="channel state: SNR in dB (AWGN; with --bandwidth also the rate)"),
+    states: str | None = typer.Option(None, "--states", help="channel states with probabilities (JSON or CSV)"),
+    trace: str | None = typer.Option(None, "--trace", help="trace of time-stamped channel states (JSON or CSV): replayed"),
+    switch_delay: str | None = typer.Option(None, "--switch-delay", help="replay: delay of a change of cut (default: one RTT)"),
+    replay_out: str | None = typer.Option(None, "--replay-out", help="replay: write every step of every method here (JSON)"),
+    rl_timesteps: int = typer.Option(0, "--rl-timesteps", help="replay: also train the paper's PPO baseline this long (needs coinfer[rl])"),
+    rl_seed: int = typer.Option(0, "--rl-seed", help="seed of the PPO baseline"),
     output: str | None = typer.Option(None, "--output", "-o", help="write the plan (JSON) here"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of tables"),
 ) -> None:
     """Find the best way to run the model across device and server over a link."""
     if output is not None:
         check_writable(output)
-    plan = make_plan(request_from_cli(
+    robust = robust_spec_from_cli(
+        robustness=robustness, max_ppl_ratio=max_ppl_ratio, min_cosine=min_cosine, erasure=erasure, snr_db=snr_db,
+        states=states, trace=trace, switch_delay=switch_delay, rl_timesteps=rl_timesteps, rl_seed=rl_seed)
+    if replay_out is not None:
+        if robust is None or robust.trace is None:
+            raise UserInputError("--replay-out needs --robustness and --trace")
+        check_writable(replay_out)
+    req = request_from_cli(
         devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
         rtt=rtt, wire_dtype=wire_dtype, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
         channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
@@ -162,9 +183,14 @@ def plan_cmd(
         energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy, max_memory=max_memory,
         max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate, links=link,
         chain_objective=chain_objective, member_memory=member_memory,
-    ))
+    )
+    req.robust = robust
+    result = robust_plan(req) if robust is not None else None
+    plan = result.plan if result is not None else make_plan(req)
     if output is not None:
         write_json(plan, output)
+    if replay_out is not None:
+        write_json(result.replay, replay_out)
     if as_json:
         sys.stdout.write(to_json(plan))
         return
@@ -174,6 +200,8 @@ def plan_cmd(
                   f"RTT {plan.link.rtt_ms:g} ms, wire {plan.link.wire_dtype}; objective {plan.objective}")
     if plan.chain is not None:
         _render_chain(plan)
+    elif plan.policy is not None:
+        render_policy_plan(plan)
     else:
         _render_best(plan)
         _render_cuts(plan)
@@ -181,5 +209,6 @@ def plan_cmd(
             _render_sweep(plan)
     for note in plan.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
-    if output is not None:
-        console.print(f"wrote {output}")
+    for path in (output, replay_out):
+        if path is not None:
+            console.print(f"wrote {path}")
