@@ -99,8 +99,9 @@ def render_policy_plan(plan: Plan) -> None:
     if pol.expected_objective is not None and pol.source != "fixed":
         console.print(f"expected {plan.objective}: policy {pol.expected_objective:.5g}, best single choice "
                       f"{pol.static_expected_objective:.5g}", highlight=False)
-    console.print(f"cuts used {pol.cuts_used}: device shard {pol.device_memory_bytes / 1e6:,.2f} MB, server shard "
-                  f"{pol.server_memory_bytes / 1e6:,.2f} MB (every stage each side may run)", highlight=False)
+    console.print(f"cuts the policy may use {pol.cuts_used}: the device shard ({pol.device_memory_bytes / 1e6:,.2f} MB) "
+                  f"and the server shard ({pol.server_memory_bytes / 1e6:,.2f} MB) hold every stage their side may run",
+                  highlight=False)
     if pol.replay:
         console.print(_replay_table(pol))
         console.print("R = the paper's reward 10 (PPL_ref - PPL) / PPL_ref + (L - s) / L; over = steps over a budget "

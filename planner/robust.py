@@ -411,7 +411,8 @@ def _assemble(cx: _Context, cells: list[PolicyCell], ks: np.ndarray, k_best: int
     t, ev, st, req, prep = cx.table, cx.ev, cx.st, cx.req, cx.prep
     best = _candidate(cx, k_best)
     ends = {c: _candidate(cx, t.index(c, None)) for c in (0, t.num_blocks + 2)}
-    picked = ks[ks >= 0]
+    # What the shards must hold: a fixed state's choice, else every choice the table may make over the states' range.
+    picked = ks[ks >= 0] if st.source == "fixed" else np.unique([k for c in cells for *_, k in c.segments if k >= 0])
     used = sorted({t.choices[k].cut for k in picked})
     obj = ev.objective[ks, np.arange(len(ks))] if (ks >= 0).all() else None
     n_st = t.num_blocks + 2

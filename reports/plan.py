@@ -233,7 +233,9 @@ class Policy(Schema):
     expected_objective: float | None = Field(default=None, description="over the states' weights (trace: uniform)")
     static_expected_objective: float | None = Field(
         default=None, description="the best single choice (Plan.best) over the same weights")
-    cuts_used: list[int] = Field(default_factory=list, description="cuts the policy picks at the given states")
+    cuts_used: list[int] = Field(
+        default_factory=list, description="a fixed state: the chosen cut; else every cut the table may pick over the "
+        "states' range (what the shards must be ready to run)")
     device_memory_bytes: int = Field(default=0, ge=0, description="device shard for every cut in cuts_used")
     server_memory_bytes: int = Field(default=0, ge=0, description="server shard for every cut in cuts_used")
     switch_delay_ms: float | None = Field(default=None, ge=0)

@@ -74,6 +74,15 @@ def test_fixed_erasure_plan_chooses_wire_with_cut(files, capsys, tmp_path):
     assert {i.role for i in plan.inputs} >= {"device", "server", "robustness"}
 
 
+def test_clean_channel_plan_is_exact_without_measurement(files, capsys, tmp_path):
+    # No impairment: fp32 crossing any cut and token ids at cut 0 are exact, so the fast server wins.
+    out = tmp_path / "plan.json"
+    run_ok(capsys, *base(files), "--max-ppl-ratio", "1.0", "-o", out)
+    plan = load_document(out, Plan)
+    assert plan.policy.impairment == "none" and plan.best.cut == 0 and plan.best.quality == 1.0
+    assert len(plan.policy.rows) == 1 and plan.policy.rows[0].level_from is None
+
+
 def test_distribution_plan_lists_each_state(files, capsys, tmp_path):
     out = tmp_path / "plan.json"
     text = run_ok(capsys, *base(files), "--max-ppl-ratio", "1.2", "--states", files["states"], "-o", out)
@@ -119,6 +128,7 @@ def test_switching_delay_defaults_to_one_rtt(files, capsys, tmp_path):
     (["--max-ppl-ratio", "0.9", "--erasure", "0.1"], "must be a number >= 1"),
     (["--min-cosine", "0.99", "--erasure", "0.1"], "--min-cosine: the robustness profile measures perplexity_ratio"),
     (["--erasure", "0.1", "--trace", "TRACE"], "give one channel description"),
+    (["--snr-db", "10"], "the robustness profile has no awgn points: give an erasure probability"),
 ])
 def test_bad_channel_options_exit_2_and_leave_the_output(files, capsys, tmp_path, extra, fragment):
     out = tmp_path / "plan.json"
