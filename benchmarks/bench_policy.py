@@ -12,8 +12,9 @@ Quick run:
 Writes benchmarks/results/policy_bench.json (or --out). Inputs, stated in the results:
 
 * device profile: ``--device-profile`` (a real ``coinfer profile``), else a synthetic SmolLM2-shaped one
-  (30 blocks, hidden 576; labelled synthetic); the server is the device profile ``--server-speedup``
-  times faster (derived, as ``coinfer plan --server-speedup``);
+  (30 blocks, hidden 576, totals calibrated to STACK-NOTES' measurements; labelled synthetic) - a
+  profile taken on this shared machine while other jobs ran read 4-100x too slow; the server is the
+  device profile ``--server-speedup`` times faster (derived, as ``coinfer plan --server-speedup``);
 * robustness profile: ``--robustness`` (a real ``coinfer channel``), else a SYNTHETIC one of the same
   shape (:func:`coinfer.planner.synthetic.synthetic_robustness`: quality loss linear in the erasure
   probability, shallower cuts more sensitive, a fixed cost per wire precision) - its figures are made
@@ -53,16 +54,22 @@ from coinfer.reports.profile import Profile
 from coinfer.vocab import WIRE_DTYPES
 
 TRACES = [("gauss-markov", 3.0), ("gauss-markov", 5.0), ("gauss-markov", 8.0), ("rayleigh", 10.0), ("rayleigh", 20.0)]
-HEADLINE = ("policy", "oracle", "paper-reward", "rl-ppo")
+HEADLINE = ("policy", "policy fp16 only", "oracle", "paper-reward", "rl-ppo")
 
 
 def smollm2_like_profile() -> Profile:
-    """Synthetic SmolLM2-135M-shaped device costs (ms per stage at 128 tokens; decode per token)."""
+    """Synthetic SmolLM2-135M-shaped device costs, calibrated to STACK-NOTES' totals on this CPU (2 threads).
+
+    Prefill of 128 tokens ~112 ms (measured 126 ms), decode ~28 ms per token (measured 30-31 ms);
+    fp32 weights (113 MB embedding, 14.2 MB per block), 1536 B of KV cache per token and block;
+    energy 8 mJ per ms (the 8 W estimate coinfer profile uses without a counter).
+    """
     L = 30
-    prefill = [0.6, *[9.0] * L, 30.0]
-    decode = [[0.05, 0.05], *[[1.0, 1.1]] * L, [4.0, 4.0]]
+    prefill = [0.3, *[3.6] * L, 4.0]
+    decode = [[0.02, 0.02], *[[0.8, 0.85]] * L, [4.0, 4.0]]
     return synthetic_profile(L, hidden=576, seq_len=128, stage_ms=prefill, decode_ms=decode, decode_contexts=(128, 256),
-                             energy_j_per_ms=0.004, param_bytes=[113e6, *[12.0e6] * L, 2e3], kv_bytes_per_token=1536)
+                             energy_j_per_ms=0.008, param_bytes=[113_246_208, *[14_155_776] * L, 2_304],
+                             kv_bytes_per_token=1536)
 
 
 def robustness_for(dev: Profile):
@@ -74,13 +81,18 @@ def robustness_for(dev: Profile):
 
 
 def one_trace(args, dev_path: str, rob_path: str, trace_path: str) -> tuple[dict, float]:
-    spec = RobustSpec(rob_path, max_ppl_ratio=args.max_ppl_ratio, trace=trace_path, rl_timesteps=args.rl_timesteps)
-    req = PlanRequest(devices=[("device", dev_path)], server_speedup=args.server_speedup,
-                      link=Link(rate_bps=10e6, rtt_ms=10.0, wire_dtype="fp16", tx_powers_w=(0.2,)),
-                      prompt_tokens=128, new_tokens=16, robust=spec)
+    def plan(rl_timesteps: int):
+        spec = RobustSpec(rob_path, max_ppl_ratio=args.max_ppl_ratio, trace=trace_path, rl_timesteps=rl_timesteps)
+        req = PlanRequest(devices=[("device", dev_path)], server_speedup=args.server_speedup,
+                          link=Link(rate_bps=10e6, rtt_ms=10.0, wire_dtype="fp16", tx_powers_w=(0.2,)),
+                          prompt_tokens=128, new_tokens=16, robust=spec)
+        return robust_plan(req)
+
     t0 = time.perf_counter()
-    res = robust_plan(req)
+    res = plan(0)  # our planning and the replay of every non-learned method
     wall = time.perf_counter() - t0
+    if args.rl_timesteps:
+        res = plan(args.rl_timesteps)
     pol = res.plan.policy
     methods = {m.method: m.model_dump(mode="json") for m in pol.replay}
     return {"methods": methods, "rows": len(pol.rows), "exhaustive_evaluations": pol.exhaustive_evaluations,
@@ -110,13 +122,13 @@ def print_table(label: str, summary: dict) -> None:
     show = [n for n in HEADLINE if n in summary] + ([bf] if bf else []) + [
         n for n in ("fixed cut 0", "fixed cut 32") if n in summary and n != bf]
     print(f"\n{label}")
-    print(f"{'method':<14}{'R':>8}{'ms':>9}{'J':>8}{'ppl':>8}{'over':>7}{'switch':>8}{'evals':>9}")
+    print(f"{'method':<17}{'R':>8}{'ms':>9}{'J':>8}{'ppl':>8}{'over':>7}{'switch':>8}{'evals':>9}")
     for n in show:
         v = summary[n]
         r = "-" if v["mean_reward"] is None else f"{v['mean_reward']:.3f}"
         q = "-" if v["mean_quality"] is None else f"{v['mean_quality']:.4f}"
         tag = n if n != bf else f"{n}*"
-        print(f"{tag:<14}{r:>8}{v['mean_latency_ms']:>9.1f}{v['mean_energy_j']:>8.3f}{q:>8}"
+        print(f"{tag:<17}{r:>8}{v['mean_latency_ms']:>9.1f}{v['mean_energy_j']:>8.3f}{q:>8}"
               f"{v['budget_violations']:>7.1f}{v['switches']:>8.1f}{v['model_evaluations']:>9.0f}")
     print("(* the best fixed cut that keeps the budget on every step; 'over' = steps over a budget or unknown)")
 
@@ -170,11 +182,11 @@ def main() -> None:
         }
     out = {
         "benchmark": "bench_policy", "command": " ".join(["python", *sys.argv]), "settings": vars(args),
-        "inputs": inputs, "python": platform.python_version(), "plan_wall_s_median": statistics.median(walls),
+        "inputs": inputs, "python": platform.python_version(), "plan_and_replay_without_rl_wall_s_median": statistics.median(walls),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nplanning + replay per trace: median {statistics.median(walls):.2f} s wall (shared machine)")
+    print(f"\nplanning + replay (no RL) per trace: median {statistics.median(walls):.2f} s wall (shared machine)")
     print(f"wrote {args.out}")
 
 

@@ -64,8 +64,8 @@ def _states_table(plan: Plan) -> Table:
 
 def _replay_table(pol: Policy) -> Table:
     t = Table(title="replay over the trace (one request per step)", box=box.SIMPLE_HEAD, pad_edge=False,
-              show_edge=False)
-    for col in ("method", "R", "ms", "J", _METRIC[pol.metric].split()[0], "worst", "over", "switch", "evals"):
+              collapse_padding=True, show_edge=False)
+    for col in ("method", "R", "ms", "J", _METRIC[pol.metric].split()[0], "worst", "over", "sw", "evals"):
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for m in pol.replay:
         t.add_row(m.method, _num(m.mean_reward, ".3f"), _num(m.mean_latency_ms), _num(m.mean_energy_j, ".3g"),
@@ -105,7 +105,8 @@ def render_policy_plan(plan: Plan) -> None:
     if pol.replay:
         console.print(_replay_table(pol))
         console.print("R = the paper's reward 10 (PPL_ref - PPL) / PPL_ref + (L - s) / L; over = steps over a budget "
-                      "or of unknown quality; evals = expensive model evaluations the method's decisions needed",
+                      "or of unknown quality; sw = switches of cut; evals = expensive model evaluations the method's decisions "
+                      "needed",
                       highlight=False)
         console.print(f"switching delay {pol.switch_delay_ms:g} ms per change of cut; robustness profile: "
                       f"{pol.model_evaluations:,} model evaluations; an exact table over the trace's distinct states "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.plan import InputFile, Plan
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
+
+if TYPE_CHECKING:  # robust imports this module
+    from coinfer.planner.robust import RobustSpec
 
 MODEL_NOTES = [
     "link: half the RTT each way per phase that waits on the link; a split pays one round trip per decoded token; "
@@ -88,7 +91,7 @@ class PlanRequest:
     sweep: tuple[float, float, int] | None = None
     chain: ChainSpec | None = None
     wire_dtype: str = "fp32"
-    robust: Any = None  # coinfer.planner.robust.RobustSpec (imported there: it imports this module)
+    robust: RobustSpec | None = None
 
 
 def _chain_link(link: Link | None, last_hop: tuple[float, float], wire_dtype: str):

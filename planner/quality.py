@@ -131,6 +131,31 @@ class WorseOf(Curve):
         return min(self.a.threshold(limit), self.b.threshold(limit))
 
 
+def figure_of(profile: RobustnessProfile, p: RobustnessPoint):
+    """The point's estimate of the profile's metric (None when it lacks one)."""
+    return p.perplexity_ratio if profile.metric == "perplexity_ratio" else p.pooled_cosine
+
+
+def points_for(impairment: str, wire: str):
+    """A predicate on points: those that judge ``wire`` under ``impairment``.
+
+    The impairment's own points, and the clean ones (they sit at erasure probability 0; the AWGN
+    axis has no finite end for them).
+    """
+    def keep(p: RobustnessPoint) -> bool:
+        imp = p.condition.impairment
+        return p.condition.wire_dtype == wire and (imp == impairment or (imp == "none" and impairment != "awgn"))
+    return keep
+
+
+def evaluations_of(profile: RobustnessProfile, keep) -> int:
+    """Model evaluations behind the points ``keep(point)`` selects: their share of the profile's draws."""
+    figs = [(p, figure_of(profile, p)) for p in profile.points]
+    total = sum(f.draws for _, f in figs if f is not None)
+    mine = sum(f.draws for p, f in figs if f is not None and keep(p))
+    return int(round(profile.model_evaluations * mine / max(1, total)))
+
+
 def _ordered_wires(found: set[str]) -> list[str]:
     known = [w for w in WIRE_DTYPES if w in found]
     return known + sorted(found - set(known))
@@ -164,7 +189,7 @@ class QualityModel:
             self._payload[w] = max(self._payload.get(w, 0), p.payload_bytes_per_token)
 
     def _figure(self, p: RobustnessPoint) -> tuple[float, float] | None:
-        est = p.perplexity_ratio if self.metric == "perplexity_ratio" else p.pooled_cosine
+        est = figure_of(self.profile, p)
         if est is None:
             return None
         losses = [self.sign * est.mean, self.sign * est.ci_low, self.sign * est.ci_high]

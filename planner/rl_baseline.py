@@ -26,7 +26,7 @@ import numpy as np
 
 from coinfer.errors import UserInputError
 from coinfer.planner.policy import CandidateTable, StateEval
-from coinfer.planner.quality import EXACT, severity
+from coinfer.planner.quality import EXACT, evaluations_of, figure_of, points_for, severity
 from coinfer.planner.replay import PAPER_A, PAPER_B, MethodRun, base_candidates, paper_reward
 from coinfer.reports.robustness import RobustnessProfile
 
@@ -54,27 +54,23 @@ class SurrogateData:
 
 def surrogate_data(rob: RobustnessProfile, impairment: str, wire: str) -> SurrogateData:
     """The profile's points at ``wire`` for ``impairment`` (and clean ones), plus the exact all-on-device cut."""
-    metric = rob.metric
-    figs = [p.perplexity_ratio if metric == "perplexity_ratio" else p.pooled_cosine for p in rob.points]
-    per_draw = rob.model_evaluations / max(1, sum(f.draws for f in figs if f is not None))
-    sev, cut, fig, draws = [], [], [], 0
-    for p, f in zip(rob.points, figs, strict=True):
-        cond = p.condition
-        if f is None or cond.wire_dtype != wire or cond.impairment not in ("none", impairment):
+    keep = points_for(impairment, wire)
+    sev, cut, fig = [], [], []
+    for p in rob.points:
+        f = figure_of(rob, p)
+        if f is None or not keep(p):
             continue
+        cond = p.condition
         lvl = {"erasure": cond.erasure_p, "awgn": cond.snr_db, "none": 0.0}[cond.impairment]
-        if cond.impairment == "none" and impairment == "awgn":
-            continue  # a clean point has no finite SNR to sit at
         sev.append(float(severity(cond.impairment, lvl)))
         cut.append(p.cut)
         fig.append(f.mean)
-        draws += f.draws
     if not sev:
         raise UserInputError(f"the RL baseline: the robustness profile has no {impairment} points at wire {wire}")
     grid = np.unique(sev)
     n_st = rob.model.num_blocks + 2
     return SurrogateData(np.concatenate([sev, grid]), np.concatenate([cut, np.full(len(grid), n_st)]),
-                         np.concatenate([fig, np.full(len(grid), EXACT)]), int(round(draws * per_draw)))
+                         np.concatenate([fig, np.full(len(grid), EXACT)]), evaluations_of(rob, keep))
 
 
 class Surrogate:

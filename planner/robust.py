@@ -37,7 +37,7 @@ from coinfer.planner.policy import (
     lookup,
     static_best,
 )
-from coinfer.planner.quality import QualityModel, level_of, severity
+from coinfer.planner.quality import QualityModel, evaluations_of, level_of, points_for, severity
 from coinfer.planner.replay import (
     PAPER_A,
     PAPER_B,
@@ -322,17 +322,30 @@ def _exhaustive_evaluations(rob: RobustnessProfile, t: CandidateTable, sev: np.n
     return int(round(len(np.unique(sev)) * crossing * float(np.median(impaired or [1])) * per_draw))
 
 
-def _replay(cx: _Context, cells: list[PolicyCell]) -> ReplayReport:
+def _one_wire(cx: _Context, bounds: tuple[float, float, float, float]) -> MethodRun:
+    """The policy restricted to the base wire precision: what the paper's setting allows, on the same points."""
+    t, ev, w = cx.table, cx.ev, cx.base_wire
+    keep = np.array([c.wire in (None, w) for c in t.choices])
+    sub = dataclasses.replace(t, thresholds=np.where(keep, t.thresholds, -np.inf))
+    ev_sub = dataclasses.replace(ev, feasible=ev.feasible & keep[:, None])
+    choices = policy_choices(build_policy(sub, *bounds), ev_sub, cx.sev, cx.up)
+    return MethodRun(f"policy {w} only", "policy", choices, evaluations_of(cx.rob, points_for(t.impairment, w)),
+                     f"the robustness profile's points at {w} (their share of its model evaluations)")
+
+
+def _replay(cx: _Context, cells: list[PolicyCell], bounds: tuple[float, float, float, float]) -> ReplayReport:
     t, ev, rob, n = cx.table, cx.ev, cx.rob, len(cx.st.states)
     delay = cx.spec.switch_delay_ms if cx.spec.switch_delay_ms is not None else cx.req.link.rtt_ms
     switch_cost = delay if cx.prep.objective.kind != "energy" else 0.0
     profile_note = "the robustness profile's model evaluations"
     runs = [
         MethodRun("policy", "policy", policy_choices(cells, ev, cx.sev, cx.up), rob.model_evaluations, profile_note),
+        _one_wire(cx, bounds),
         MethodRun("oracle", "oracle", oracle_choices(t, ev, switch_cost), rob.model_evaluations,
                   profile_note + ", read exhaustively at each step's exact state"),
-        MethodRun("paper-reward", "paper_reward", paper_choices(t, ev, cx.base_wire), rob.model_evaluations,
-                  profile_note + "; R maximised per state at the base wire precision"),
+        MethodRun("paper-reward", "paper_reward", paper_choices(t, ev, cx.base_wire),
+                  evaluations_of(rob, points_for(t.impairment, cx.base_wire)),
+                  f"the robustness profile's points at {cx.base_wire}; R maximised exactly per state"),
     ]
     if cx.spec.rl_timesteps:
         from coinfer.planner.rl_baseline import rl_run  # torch: only when asked
@@ -398,12 +411,13 @@ def robust_plan(req: PlanRequest) -> RobustResult:
     t, ev, st = cx.table, cx.ev, cx.st
     lo, hi = _severity_range(t.impairment, cx.sev, t.quality, st.source)
     x = 1.0 / cx.up
-    cells = build_policy(t, lo, hi, float(x.min()), float(x.max()))
+    bounds = (lo, hi, float(x.min()), float(x.max()))
+    cells = build_policy(t, *bounds)
     ks = np.array([lookup(cells, float(s), float(xx)) for s, xx in zip(cx.sev, x, strict=True)])
     k_best, _ = (int(ks[0]), True) if st.source == "fixed" else _static_choice(ev, st.weights)
     if k_best < 0:
         raise _infeasible(cx)
-    replay = _replay(cx, cells) if st.source == "trace" else None
+    replay = _replay(cx, cells, bounds) if st.source == "trace" else None
     return RobustResult(_assemble(cx, cells, ks, k_best, replay), replay)
 
 

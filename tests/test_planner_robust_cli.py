@@ -108,6 +108,10 @@ def test_trace_replay_compares_methods(files, capsys, tmp_path):
         if m.kind == "fixed" and m.budget_violations == 0:
             assert by["policy"].mean_objective <= m.mean_objective + 1e-9
     assert by["policy"].model_evaluations == pol.model_evaluations > 0 and by["fixed cut 1"].model_evaluations == 0
+    # one wire precision: fewer choices, fewer measured points behind them
+    one = by["policy fp32 only"]
+    assert one.mean_objective >= by["policy"].mean_objective - 1e-9
+    assert 0 < one.model_evaluations < by["policy"].model_evaluations
     replay = load_document(rep, ReplayReport)
     assert len(replay.t_s) == 40 and {m.method for m in replay.methods} == set(by)
     steps = next(m for m in replay.methods if m.method == "policy")
