@@ -170,8 +170,10 @@ def main() -> None:
                 per.append(r)
             label = f"{kind}, mean SNR {mean:g} dB ({args.seeds} traces x {int(args.duration / 0.1)} steps)"
             summary = summarise(per)
+            # per trace: the learned and planned methods in full; fixed cuts only in the summary (size)
+            slim = [{**r, "methods": {n: m for n, m in r["methods"].items() if not n.startswith("fixed")}} for r in per]
             results[f"{kind}-{mean:g}dB"] = {"label": label, "summary": summary, "best_fixed": best_fixed(summary),
-                                             "per_trace": per}
+                                             "per_trace": slim}
             print_table(label, summary)
         inputs = {
             "device_profile": {"path": args.device_profile, "sha256": file_sha256(dev_path),
