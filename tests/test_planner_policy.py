@@ -135,3 +135,17 @@ def test_static_best_is_the_brute_force_expected_optimum():
             continue
         best = min(float(ev.objective[j] @ w) for j in ok)
         assert float(ev.objective[k] @ w) == pytest.approx(best, rel=1e-12)
+
+
+def test_a_wire_the_device_profile_lacks_takes_its_payload_from_the_robustness_profile():
+    # A device profile older than a wire precision (as profiles before int4 are) has no payload for it.
+    dev = synthetic_profile(3, hidden=64, seq_len=16)
+    for st in dev.stages:
+        st.payload_after.pop("int8")
+    rob = synthetic_robustness(3, hidden=64)
+    notes: list[str] = []
+    models = wire_models(dev, derive_server_profile(dev, 4.0), Workload(16, 2), QualityModel(rob), "fp32", notes)
+    per_token = 64 + 4  # one byte per element and one fp32 scale per token row
+    assert models["int8"].up_token_bytes[2] == per_token and models["int8"].up_prefill_bytes[2] == 16 * per_token
+    assert models["int8"].up_prefill_bytes[0] == models["fp32"].up_prefill_bytes[0]  # cut 0 still sends token ids
+    assert any("wire int8: payload from the robustness profile (68 B per token)" in n for n in notes)
