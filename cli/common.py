@@ -40,6 +40,7 @@ SEARCH = "Search"
 BUDGETS = "Budgets"
 CHAIN = "Chain"
 ROLES = "Roles and addresses"
+CHANNEL = "Channel"
 OUTPUT = "Output"
 
 

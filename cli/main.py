@@ -18,6 +18,7 @@ from coinfer.cli import (  # noqa: E402
     prune_cmd,
     report_cmd,
     run_cmd,
+    trace_cmd,
 )
 from coinfer.cli.app import app, err_console  # noqa: E402
 from coinfer.errors import CoinferError  # noqa: E402
@@ -28,8 +29,8 @@ except ImportError:  # pragma: no cover - older typer on click
     from click.exceptions import ClickException, NoArgsIsHelpError
 from typer import Abort  # noqa: E402
 
-COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd)
-COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare")
+COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd, trace_cmd)
+COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace")
 EXIT_USER_ERROR = 2
 
 

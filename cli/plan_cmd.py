@@ -11,8 +11,10 @@ from rich.table import Table
 from coinfer.cli.common import (
     BUDGETS,
     CHAIN,
+    CHANNEL,
     LINK,
     MODEL,
+    OUTPUT,
     SEARCH,
     Output,
     Renamed,
@@ -25,11 +27,15 @@ from coinfer.cli.common import (
     quiet_option,
     verbose_option,
 )
+from coinfer.cli.policy_view import render_policy_plan
+from coinfer.errors import UserInputError
 from coinfer.planner.options import request_from_cli
-from coinfer.planner.plan import DEFAULT_DECODE_STEPS, MODEL_NOTES, make_plan
+from coinfer.planner.plan import MODEL_NOTES, make_plan
+from coinfer.planner.robust import robust_plan, robust_spec_from_cli
 from coinfer.reports.io import check_writable, write_json
 from coinfer.reports.plan import Candidate, Plan
 from coinfer.units import fmt_rate
+from coinfer.vocab import DEFAULT_DECODE_STEPS
 
 
 def _ms(v: float | None) -> str:
@@ -245,6 +251,31 @@ def plan_cmd(
                                                         "ties broken by latency, then hops)"),
     member_memory: list[str] | None = typer.Option(None, "--member-memory", metavar="NAME:SIZE", rich_help_panel=CHAIN,
                                                    help="a chain member's memory cap; repeat"),
+    robustness: str | None = typer.Option(None, "--robustness", metavar="FILE", rich_help_panel=CHANNEL,
+                                          help="robustness profile (coinfer channel): choose the wire precision with "
+                                               "the cut"),
+    max_ppl_ratio: float | None = typer.Option(None, "--max-ppl-ratio", rich_help_panel=BUDGETS,
+                                               help="decoders: perplexity over the clean model's, e.g. 1.05 "
+                                                    "(with --robustness)"),
+    min_cosine: float | None = typer.Option(None, "--min-cosine", rich_help_panel=BUDGETS,
+                                            help="encoders: pooled cosine to the clean model, e.g. 0.99 "
+                                                 "(with --robustness)"),
+    erasure: str | None = typer.Option(None, "--erasure", metavar="P", rich_help_panel=CHANNEL,
+                                       help="channel state: element erasure probability in [0, 1]"),
+    snr_db: str | None = typer.Option(None, "--snr-db", metavar="DB", rich_help_panel=CHANNEL,
+                                      help="channel state: SNR in dB (AWGN; with --bandwidth also the rate)"),
+    states: str | None = typer.Option(None, "--states", metavar="FILE", rich_help_panel=CHANNEL,
+                                      help="channel states with probabilities (JSON or CSV)"),
+    trace: str | None = typer.Option(None, "--trace", metavar="FILE", rich_help_panel=CHANNEL,
+                                     help="time-stamped channel states (JSON or CSV, e.g. from coinfer trace): "
+                                          "replayed"),
+    switch_delay: str | None = typer.Option(None, "--switch-delay", metavar="DURATION", rich_help_panel=CHANNEL,
+                                            help="replay: delay of a change of cut \\[default: one RTT]"),
+    replay_out: str | None = typer.Option(None, "--replay-out", metavar="FILE", rich_help_panel=OUTPUT,
+                                          help="replay: write every step of every method here (JSON)"),
+    rl_timesteps: int = typer.Option(0, "--rl-timesteps", min=0, rich_help_panel=CHANNEL,
+                                     help="replay: also train the paper's PPO baseline this long (needs coinfer[rl])"),
+    rl_seed: int = typer.Option(0, "--rl-seed", rich_help_panel=CHANNEL, help="seed of the PPO baseline"),
     output: str | None = output_option("plan"),
     as_json: bool = json_option("plan"),
     quiet: bool = quiet_option(),
@@ -254,7 +285,14 @@ def plan_cmd(
     out = Output.of(quiet, verbose, as_json)
     if output is not None:
         check_writable(output)
-    plan = make_plan(request_from_cli(
+    robust = robust_spec_from_cli(
+        robustness=robustness, max_ppl_ratio=max_ppl_ratio, min_cosine=min_cosine, erasure=erasure, snr_db=snr_db,
+        states=states, trace=trace, switch_delay=switch_delay, rl_timesteps=rl_timesteps, rl_seed=rl_seed)
+    if replay_out is not None:
+        if robust is None or robust.trace is None:
+            raise UserInputError("--replay-out needs --robustness and --trace")
+        check_writable(replay_out)
+    req = request_from_cli(
         devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
         rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
         channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
@@ -262,14 +300,21 @@ def plan_cmd(
         objective=objective.value, energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy,
         max_memory=max_memory, max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate,
         links=link, chain_objective=chain_objective.value, member_memory=member_memory,
-    ))
+    )
+    req.robust = robust
+    with out.work("planning"):
+        result = robust_plan(req) if robust is not None else None
+        plan = result.plan if result is not None else make_plan(req)
     if output is not None:
         write_json(plan, output)
+    if replay_out is not None:
+        write_json(result.replay, replay_out)
     if as_json:
         out.emit_json(plan)
         return
     render(plan, out)
     out.wrote(output)
+    out.wrote(replay_out)
 
 
 def render(plan: Plan, out: Output) -> None:
@@ -277,6 +322,8 @@ def render(plan: Plan, out: Output) -> None:
     out.print(_header(plan), highlight=False)
     if plan.chain is not None:
         _render_chain(plan, out)
+    elif plan.policy is not None:
+        render_policy_plan(plan, out)
     else:
         _render_best(plan, out)
         _render_cuts(plan, out)

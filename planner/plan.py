@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,8 +25,10 @@ from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.plan import InputFile, Plan
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
+from coinfer.vocab import DEFAULT_DECODE_STEPS  # noqa: E402  (re-exported)
 
-DEFAULT_DECODE_STEPS = 32
+if TYPE_CHECKING:  # robust imports this module
+    from coinfer.planner.robust import RobustSpec
 
 MODEL_NOTES = [
     "link: half the RTT each way per phase that waits on the link; a split pays one round trip per decoded token; "
@@ -72,6 +75,8 @@ class PlanRequest:
         sweep: (lo_bps, hi_bps, points) of a log-spaced rate sweep, or None.
         chain: For several devices.
         wire_dtype: Activation dtype on the wire for a chain (a single split uses ``link.wire_dtype``).
+        robust: A robustness profile, quality budget and channel states
+            (:class:`coinfer.planner.robust.RobustSpec`): the plan becomes a policy.
     """
 
     devices: list[tuple[str, str]]
@@ -88,6 +93,7 @@ class PlanRequest:
     sweep: tuple[float, float, int] | None = None
     chain: ChainSpec | None = None
     wire_dtype: str = "fp32"
+    robust: RobustSpec | None = None
 
 
 def _chain_link(link: Link | None, last_hop: tuple[float, float], wire_dtype: str):
@@ -108,8 +114,24 @@ def freq_grid(lo: float, hi: float, steps: int) -> np.ndarray:
     return np.array([hi]) if steps == 1 or lo == hi else np.linspace(hi, lo, steps)
 
 
-def _input(role: str, path: str, derived: bool = False, derivation: str | None = None) -> InputFile:
+def input_file(role: str, path: str, derived: bool = False, derivation: str | None = None) -> InputFile:
+    """A file the plan was computed from, with its sha256."""
     return InputFile(role=role, path=str(path), sha256=file_sha256(path), derived=derived, derivation=derivation)
+
+
+@dataclass
+class Prepared:
+    """What every plan starts from: the request's files loaded and checked."""
+
+    objective: Objective
+    freqs: np.ndarray
+    profiles: list[tuple[str, Profile]]
+    device: Profile
+    server: Profile | None
+    prune: PruneReport | None
+    inputs: list[InputFile]
+    notes: list[str]
+    workload: Workload
 
 
 def make_plan(req: PlanRequest) -> Plan:
@@ -119,6 +141,23 @@ def make_plan(req: PlanRequest) -> Plan:
         UserInputError: Inconsistent options.
         SchemaError: Input files of the wrong kind, version or model.
         InfeasibleError: No configuration meets the budgets (says which binds, by how much).
+    """
+    if req.robust is not None:
+        from coinfer.planner.robust import robust_plan
+
+        return robust_plan(req).plan
+    p = prepare(req)
+    if req.chain is not None:
+        return _chain_plan(req, p.profiles, p.server, p.workload, p.objective, p.inputs, p.notes)
+    return _single_plan(req, p)
+
+
+def prepare(req: PlanRequest) -> Prepared:
+    """Check the request's options and load its profiles (and pruning report).
+
+    Raises:
+        UserInputError: Inconsistent options.
+        SchemaError: Input files of the wrong kind, version or model.
     """
     if not req.devices:
         raise UserInputError("give at least one --device-profile")
@@ -135,16 +174,16 @@ def make_plan(req: PlanRequest) -> Plan:
     objective = Objective(req.objective, req.energy_weight_ms_per_j)
     freqs = freq_grid(*req.freq_range)
     profiles = [(name, load_document(path, Profile)) for name, path in req.devices]
-    inputs = [_input(name if len(req.devices) > 1 else "device", path) for name, path in req.devices]
+    inputs = [input_file(name if len(req.devices) > 1 else "device", path) for name, path in req.devices]
     device = profiles[0][1]
     notes = list(MODEL_NOTES)
     server: Profile | None = None
     if req.server is not None:
         server = load_document(req.server, Profile)
-        inputs.append(_input("server", req.server))
+        inputs.append(input_file("server", req.server))
     elif req.server_speedup is not None:
         server = derive_server_profile(device, req.server_speedup)
-        inputs.append(_input("server", req.devices[0][1], derived=True,
+        inputs.append(input_file("server", req.devices[0][1], derived=True,
                              derivation=f"{req.devices[0][0]} profile, every stage {req.server_speedup:g}x faster"))
         source = "device" if len(req.devices) == 1 else req.devices[0][0]
         notes.append(f"server profile derived from the {source} profile ({req.server_speedup:g}x faster per stage), "
@@ -152,16 +191,19 @@ def make_plan(req: PlanRequest) -> Plan:
     prune = None
     if req.prune is not None:
         prune = load_document(req.prune, PruneReport)
-        inputs.append(_input("prune", req.prune))
+        inputs.append(input_file("prune", req.prune))
     if server is not None:
         check_compatible(device, server)
     steps = req.decode_steps
     if steps is None:
         steps = DEFAULT_DECODE_STEPS if device.model.is_decoder else 0
     wl = Workload(req.prompt_tokens or device.context.seq_len, steps)
-    if req.chain is not None:
-        return _chain_plan(req, profiles, server, wl, objective, inputs, notes)
+    return Prepared(objective, freqs, profiles, device, server, prune, inputs, notes, wl)
 
+
+def _single_plan(req: PlanRequest, p: Prepared) -> Plan:
+    objective, freqs, device, server, prune, inputs, notes, wl = (
+        p.objective, p.freqs, p.device, p.server, p.prune, p.inputs, p.notes, p.workload)
     model = build_cost_model(device, server, wl, req.link.wire_dtype, prune)
     notes += model.notes
     if not req.link.tx_powers_w:

@@ -21,6 +21,7 @@ from coinfer.reports.prune import (
     RatioResult,
     Speedup,
 )
+from coinfer.reports.robustness import ChannelCondition, Estimate, RobustnessPoint, RobustnessProfile
 from coinfer.vocab import WIRE_DTYPES, block_name, stage_kind, stage_names
 
 _MACHINE = MachineInfo(hostname="synthetic", os="none", cpu="none", cpu_count_logical=1, python="3")
@@ -159,4 +160,63 @@ def synthetic_prune_report(
         model=identity(num_blocks, hidden, is_decoder, config), machine=_MACHINE, threads=1, importance="magnitude",
         scope=scope, split=split,
         calibration=CalibrationInfo(source="builtin", sha256="0" * 64, num_sequences=1, tokens=1), results=results,
+    )
+
+
+def synthetic_robustness(
+    num_blocks: int,
+    *,
+    cuts: Sequence[int] | None = None,
+    wires: Sequence[str] = ("fp32", "fp16", "int8"),
+    impair_wires: Sequence[str] | None = None,
+    erasure: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3),
+    snr_db: Sequence[float] = (),
+    hidden: int = 64,
+    is_decoder: bool = True,
+    config: str = "ab",
+    draws: int = 8,
+    evaluations_per_draw: int = 8,
+    sensitivity: float = 3.0,
+    seed: int = 0,
+) -> RobustnessProfile:
+    """A made-up robustness profile in the shape ``coinfer channel`` writes (for tests and benchmarks).
+
+    Quality loss grows linearly with the erasure probability (and with 10^(-SNR/10) for AWGN),
+    ``sensitivity / (1 + cut / 4)`` times faster at shallow cuts (deeper cuts are more robust,
+    as the adaptive-splitting paper found), plus a fixed cost per wire precision; the confidence
+    interval is +-10% of the loss, with seeded noise on the means. Decoders report the perplexity
+    ratio ``1 + loss``, encoders the pooled cosine ``1 - loss / 10``.
+    """
+    rng = np.random.default_rng(seed)
+    cuts = list(cuts) if cuts is not None else [1, 2, *range(3, num_blocks + 2, 2)]
+    impair_wires = list(impair_wires) if impair_wires is not None else list(wires)
+    wire_cost = {"fp32": 0.0, "fp16": 0.0005, "int8": 0.01, "int4": 0.06}
+    conditions = [ChannelCondition(wire_dtype=w) for w in wires]
+    conditions += [ChannelCondition(wire_dtype=w, impairment="erasure", erasure_p=p) for w in impair_wires for p in erasure]
+    conditions += [ChannelCondition(wire_dtype=w, impairment="awgn", snr_db=s) for w in impair_wires for s in snr_db]
+    points = []
+    total_draws = 0
+    for c in cuts:
+        f = sensitivity / (1 + c / 4)
+        for cond in conditions:
+            level = {"none": 0.0, "erasure": cond.erasure_p, "awgn": 10 ** (-(cond.snr_db or 0) / 10)}[cond.impairment]
+            loss = wire_cost.get(cond.wire_dtype, 0.1) + f * level
+            n = 1 if cond.deterministic else draws
+            total_draws += n
+            mean = loss * (1 + (0.05 * rng.standard_normal() if n > 1 else 0.0))
+            half = 0.1 * loss if n > 1 else 0.0
+            fig = (Estimate(mean=1 + mean, ci_low=1 + mean - half, ci_high=1 + mean + half, draws=n) if is_decoder
+                   else Estimate(mean=1 - mean / 10, ci_low=1 - (mean + half) / 10, ci_high=1 - (mean - half) / 10,
+                                 draws=n))
+            points.append(RobustnessPoint(
+                cut=c, cut_name=stage_names(num_blocks)[c - 1], condition=cond,
+                payload_bytes_per_token=activation_bytes(1, 1, hidden, cond.wire_dtype),
+                perplexity_ratio=fig if is_decoder else None, pooled_cosine=None if is_decoder else fig,
+                output_rel_mse=Estimate(mean=mean, ci_low=mean, ci_high=mean, draws=n),
+            ))
+    return RobustnessProfile(
+        model=identity(num_blocks, hidden, is_decoder, config), machine=_MACHINE,
+        metric="perplexity_ratio" if is_decoder else "pooled_cosine", clean_perplexity=20.0 if is_decoder else None,
+        seed=seed, cuts=cuts, points=points, model_evaluations=total_draws * evaluations_per_draw,
+        notes=["synthetic robustness profile: made-up numbers"],
     )

@@ -86,6 +86,11 @@ class Candidate(Schema):
     energy: EnergyBreakdown
     device_memory_bytes: int = Field(ge=0, description="weights of the device stages plus their KV cache")
     distortion: float = Field(default=0.0, ge=0, description="output relative MSE from the pruning report")
+    # Added without a version bump (optional; files written before still load): set by plans
+    # made with a robustness profile, which choose the wire precision with the cut.
+    wire_dtype: WireDtype | None = Field(default=None, description="the activation's wire precision; None: the link's")
+    quality: float | None = Field(
+        default=None, description="the robustness profile's figure (policy.metric) at the plan's channel state(s)")
     objective: float
     feasible: bool = True
     violations: list[str] = Field(default_factory=list)
@@ -137,6 +142,112 @@ class ChainPlan(Schema):
     throughput_rps: float = Field(ge=0, description="requests per second when pipelined (1000 / bottleneck)")
 
 
+class QualityBudget(Schema):
+    """The quality a plan must keep, in the robustness profile's metric."""
+
+    metric: Literal["perplexity_ratio", "pooled_cosine"]
+    limit: float = Field(description="perplexity ratio at most / pooled cosine at least this")
+    checked_against: Literal["ci_bound"] = Field(
+        default="ci_bound", description="the pessimistic end of the confidence interval (ci_high for a perplexity "
+        "ratio, ci_low for a cosine), interpolated as the policy notes say")
+
+
+class StateSpec(Schema):
+    """One channel state as given (None = not given)."""
+
+    rate_bps: float | None = None
+    snr_db: float | None = None
+    erasure_p: float | None = None
+    probability: float | None = None
+
+
+class PolicyRow(Schema):
+    """A range of channel states over which one (cut, wire precision) is best.
+
+    Severity ranges run from the better channel to the worse: erasure probability upwards, SNR
+    downwards; ``None`` = unbounded (e.g. an SNR without upper end). The row's choice holds on
+    ``(level_from, level_to]`` (the first row of a severity range includes ``level_from``) and on
+    uplink rates ``[rate_from_bps, rate_to_bps]``.
+    """
+
+    impairment: Literal["none", "erasure", "awgn"]
+    level_from: float | None
+    level_to: float | None
+    rate_from_bps: float = Field(gt=0)
+    rate_to_bps: float = Field(gt=0)
+    cut: int | None = Field(ge=0, description="None: nothing meets the budgets here")
+    cut_name: str
+    wire_dtype: WireDtype | None = Field(description="None at cut 0 (token ids) and all-on-device (nothing crosses)")
+    objective_from: float | None = Field(default=None, description="at rate_from_bps")
+    objective_to: float | None = Field(default=None, description="at rate_to_bps")
+    quality_bound: float | None = Field(default=None, description="the budgeted figure at the row's worst channel")
+
+
+class StateChoice(Schema):
+    """The policy's choice at one given state (a fixed state, or each state of a distribution)."""
+
+    state: StateSpec
+    uplink_rate_bps: float = Field(gt=0)
+    cut: int | None = Field(ge=0)
+    cut_name: str
+    wire_dtype: WireDtype | None
+    latency_ms: float | None = None
+    energy_j: float | None = None
+    objective: float | None = None
+    quality: float | None = Field(default=None, description="mean figure")
+    quality_bound: float | None = Field(default=None, description="pessimistic end of the interval")
+
+
+class MethodResult(Schema):
+    """One method replayed over a trace: means per step (one request per step)."""
+
+    method: str
+    kind: Literal["policy", "oracle", "paper_reward", "fixed", "rl"]
+    steps: int = Field(ge=0)
+    mean_reward: float | None = Field(description="the paper's R over the steps whose quality is known")
+    mean_latency_ms: float
+    mean_energy_j: float
+    mean_objective: float
+    mean_quality: float | None = Field(description="mean figure over the steps whose quality is known")
+    worst_quality: float | None
+    budget_violations: int = Field(ge=0, description="steps whose choice breaks a budget or has unknown quality")
+    unknown_quality_steps: int = Field(ge=0)
+    switches: int = Field(ge=0, description="steps whose cut differs from the previous step's")
+    model_evaluations: int = Field(ge=0, description="expensive model evaluations its decisions needed")
+    evaluations_note: str = ""
+    cuts_used: list[int]
+    device_memory_bytes: int = Field(ge=0, description="the device shard holding every stage it may run")
+    server_memory_bytes: int = Field(ge=0, description="the server shard holding every stage it may run")
+
+
+class Policy(Schema):
+    """A plan made with a robustness profile: the cut and wire precision per channel state."""
+
+    metric: Literal["perplexity_ratio", "pooled_cosine"]
+    quality_budget: QualityBudget | None
+    impairment: Literal["none", "erasure", "awgn"]
+    source: Literal["fixed", "distribution", "trace"]
+    wires: list[WireDtype] = Field(description="the wire precisions the policy chooses from")
+    rows: list[PolicyRow]
+    states: list[StateChoice] = Field(default_factory=list, description="a fixed state or a distribution's states")
+    expected_objective: float | None = Field(default=None, description="over the states' weights (trace: uniform)")
+    static_expected_objective: float | None = Field(
+        default=None, description="the best single choice (Plan.best) over the same weights")
+    cuts_used: list[int] = Field(
+        default_factory=list, description="a fixed state: the chosen cut; else every cut the table may pick over the "
+        "states' range (what the shards must be ready to run)")
+    device_memory_bytes: int = Field(default=0, ge=0, description="device shard for every cut in cuts_used")
+    server_memory_bytes: int = Field(default=0, ge=0, description="server shard for every cut in cuts_used")
+    switch_delay_ms: float | None = Field(default=None, ge=0)
+    reward_a: float = 10.0
+    reward_b: float = 1.0
+    model_evaluations: int = Field(ge=0, description="the robustness profile's")
+    exhaustive_evaluations: int | None = Field(
+        default=None, description="estimate: evaluations an exact table over the trace's distinct states would need")
+    replay: list[MethodResult] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
 class Plan(Document):
     """A versioned plan."""
 
@@ -166,4 +277,6 @@ class Plan(Document):
     )
     rate_sweep: list[RatePoint] = Field(default_factory=list)
     chain: ChainPlan | None = None
+    # Added without a version bump (optional; files written before still load).
+    policy: Policy | None = Field(default=None, description="plans made with a robustness profile: channel state -> choice")
     notes: list[str] = Field(default_factory=list)
