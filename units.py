@@ -117,14 +117,14 @@ DURATION = Kind(
 )
 ENERGY = Kind(
     name="energy", home="J", example="2J",
-    units={"uJ": 1e-6, "µJ": 1e-6, "μJ": 1e-6, **_prefixed("J", 1.0, "kM", milli=True),
+    units={"nJ": 1e-9, "uJ": 1e-6, "µJ": 1e-6, "μJ": 1e-6, **_prefixed("J", 1.0, "kM", milli=True),
            "mWh": 3.6, "Wh": 3600.0, "kWh": 3.6e6},
     auto=("MJ", "kJ", "J", "mJ", "uJ"),
     limits=(1e-9, 1e9), limits_text="1 nJ..1 GJ",
 )
 POWER = Kind(
     name="power", home="W", example="0.2W",
-    units={"uW": 1e-6, "µW": 1e-6, "μW": 1e-6, **_prefixed("W", 1.0, "kM", milli=True)},
+    units={"nW": 1e-9, "uW": 1e-6, "µW": 1e-6, "μW": 1e-6, **_prefixed("W", 1.0, "kM", milli=True)},
     decibels={"dBm": 1e-3, "dBW": 1.0},
     auto=("MW", "kW", "W", "mW", "uW"),
     limits=(1e-9, 1e3), limits_text="1 nW..1 kW (-60..60 dBm)",

@@ -17,6 +17,7 @@ from typing import Any
 from coinfer.errors import ModelNotFoundError, UnsupportedModelError, UserInputError
 from coinfer.models.presets import DEFAULT_SEED, PRESETS, available_models
 from coinfer.reports.common import ModelIdentity
+from coinfer.vocab import max_positions
 
 # Keys that do not change the architecture or the numbers it computes.
 _VOLATILE_KEYS = {
@@ -115,6 +116,7 @@ def _identity(
         vocab_size=adapter.vocab_size,
         num_parameters=sum(p.numel() for p in model.parameters()),
         is_decoder=adapter.is_decoder,
+        max_positions=max_positions(model.config),
     )
 
 

@@ -159,6 +159,7 @@ def make_plan(req: PlanRequest) -> Plan:
     if steps is None:
         steps = DEFAULT_DECODE_STEPS if device.model.is_decoder else 0
     wl = Workload(req.prompt_tokens or device.context.seq_len, steps)
+    wl.check_positions(device.model.max_positions, device.model.name)
     if req.chain is not None:
         return _chain_plan(req, profiles, server, wl, objective, inputs, notes)
 
