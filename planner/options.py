@@ -26,7 +26,6 @@ from coinfer.units import (
 )
 from coinfer.vocab import check_wire_dtype
 
-
 # Physical ranges of the plain-number options (the quantities' ranges are in coinfer.units).
 SERVER_SPEEDUP_LIMITS = (1e-3, 1e6)
 PATH_LOSS_EXP_LIMITS = (0.5, 10.0)  # free space is 2, dense urban 3-6
