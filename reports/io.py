@@ -299,11 +299,23 @@ def read_json_file(path: str | os.PathLike[str]) -> Any:
     if p.stat().st_size > MAX_DOCUMENT_BYTES:
         raise SchemaError(f"{p}: larger than {MAX_DOCUMENT_BYTES >> 20} MiB, not a coinfer file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SchemaError(f"{p}: not a text file") from None
+        raw = p.read_bytes()
     except OSError as exc:
         raise UserInputError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    return parse_json_text(raw, p)
+
+
+def parse_json_text(raw: bytes | str, path: str | os.PathLike[str]) -> Any:
+    """Parse a coinfer file's bytes: UTF-8 JSON with finite numbers of sensible length only.
+
+    Raises:
+        SchemaError: Not text, not JSON, or a number coinfer does not read (``path`` names it).
+    """
+    p = Path(path)
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise SchemaError(f"{p}: not a text file") from None
     try:
         return _strict_loads(text)
     except json.JSONDecodeError as exc:
@@ -323,7 +335,15 @@ def load_document(path: str | os.PathLike[str], cls: type[T]) -> T:
     Raises:
         SchemaError: Wrong kind, unknown version or invalid content.
     """
-    data = read_json_file(path)
+    return parse_document(read_json_file(path), path, cls)
+
+
+def parse_document(data: Any, path: str | os.PathLike[str], cls: type[T]) -> T:
+    """Validate parsed JSON as a document of the class ``cls`` (see :func:`load_document`).
+
+    Raises:
+        SchemaError: Wrong kind, unknown version or invalid content.
+    """
     kind = cls.model_fields["kind"].default
     version = cls.model_fields["schema_version"].default
     if not isinstance(data, dict):

@@ -275,7 +275,6 @@ def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, l
         if ratio is not None:
             raise UserInputError("--ratio needs --prune-report")
         return None
-    from pathlib import Path
 
     from coinfer.reports.io import load_document
     from coinfer.reports.prune import PruneReport
@@ -287,15 +286,38 @@ def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, l
     res = [r for r in rep.results if abs(r.requested_ratio - ratio) < 1e-9]
     if not res:
         raise UserInputError(f"--ratio {ratio:g} is not in {report_path} (it has {have})")
-    folder = Path(rep.export_dir) if rep.export_dir else Path(report_path).parent
-    if not folder.is_absolute() and not folder.exists():
-        folder = Path(report_path).parent / folder
-    files = {f.role: [str(folder / f.path), f.sha256] for f in res[0].shards if f.format == "json"}
+    folder = _export_folder(rep.export_dir, report_path)
+    files = {f.role: [str(_shard_file(folder, f)), f.sha256] for f in res[0].shards if f.format == "json"}
     if set(files) != {"device", "server"}:
         raise UserInputError(f"{report_path}: ratio {ratio:g} has no exported device and server shards (coinfer prune --export-dir)")
     return files
 
 
+
+
+def _export_folder(export_dir: str | None, report_path: str) -> Any:
+    """The folder a report's shard names are relative to: ``export_dir`` (relative to the report's
+    folder, or for reports written before, to the working folder), else the report's folder."""
+    from pathlib import Path
+
+    beside = Path(report_path).parent
+    if not export_dir:
+        return beside
+    folder = Path(export_dir)
+    if not folder.is_absolute() and (beside / folder).is_dir():
+        folder = beside / folder
+    if not folder.is_dir():
+        raise UserInputError(f"{report_path}: export_dir {export_dir}: no such folder")
+    return folder
+
+
+def _shard_file(folder: Any, f: Any) -> Any:
+    """A shard file the report lists: inside the export folder, of the recorded size (not yet read)."""
+    from coinfer.models.shard_io import check_size, confined_file
+
+    path = confined_file(folder, f.path, "shards[].path")
+    check_size(path, f.size_bytes)
+    return path
 
 
 @dataclass
