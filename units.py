@@ -203,8 +203,8 @@ def parse(text: str, kind: Kind, option: str) -> float:
         out = value * kind.units[unit]
     else:
         raise _unit_error(kind, text, unit, option)
-    if not math.isfinite(out):
-        raise UserInputError(f"{option} {text!r}: must be finite")
+    if not math.isfinite(out):  # a finite number times its unit overflowed: far beyond the range
+        raise UserInputError(f"{option} {text!r}: outside {kind.limits_text}")
     return check_range(out, kind, option, text)
 
 

@@ -185,6 +185,27 @@ def physical_cores() -> int:
     return cores()
 
 
+def check_outputs(files: Sequence[Any | None] = (), folders: dict[str, Any | None] | None = None) -> None:
+    """Every command's first step: each file it will write (``-o``) and folder it will create
+    (``--export``) is writable, so no work is done for output that cannot be kept.
+
+    Args:
+        files: Output files (None entries skipped), checked as ``-o``.
+        folders: Option name -> folder (None entries skipped).
+
+    Raises:
+        CoinferError: One line naming the option and the reason.
+    """
+    from coinfer.reports.io import check_writable, check_writable_folder
+
+    for f in files:
+        if f is not None:
+            check_writable(f, "-o")
+    for option, folder in (folders or {}).items():
+        if folder is not None:
+            check_writable_folder(folder, option)
+
+
 # -- output modes -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

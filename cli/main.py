@@ -62,9 +62,13 @@ def _one_line(text: str) -> None:
     err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _usage_hint(exc: ClickException) -> str:
+def _usage_hint(exc: ClickException, argv: list[str] | None) -> str:
     ctx = getattr(exc, "ctx", None)
-    return f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    if ctx is not None:
+        return f" (see '{ctx.command_path} --help')"
+    # Errors found while parsing (a missing value) carry no context: the command is the first word.
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if a in COMMANDS), None)
+    return f" (see 'coinfer {command} --help')" if command else " (see 'coinfer --help')"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +97,7 @@ def _run(argv: list[str] | None) -> int:
             exc.show()
         return 0
     except ClickException as exc:
-        _one_line(" ".join(exc.format_message().split()) + _usage_hint(exc))
+        _one_line(" ".join(exc.format_message().split()) + _usage_hint(exc, argv))
         return EXIT_USER_ERROR
     except Abort:
         err_console.print("aborted", markup=False)

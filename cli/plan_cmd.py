@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import numpy as np
 import typer
 from rich import box
 from rich.table import Table
@@ -17,6 +18,7 @@ from coinfer.cli.common import (
     Output,
     Renamed,
     WireDtype,
+    check_outputs,
     command,
     decode_steps_option,
     json_option,
@@ -27,7 +29,7 @@ from coinfer.cli.common import (
 )
 from coinfer.planner.options import request_from_cli
 from coinfer.planner.plan import DEFAULT_DECODE_STEPS, MODEL_NOTES, make_plan
-from coinfer.reports.io import check_writable, write_json
+from coinfer.reports.io import check_document, write_json
 from coinfer.reports.plan import Candidate, Plan
 from coinfer.units import fmt_rate
 
@@ -252,17 +254,18 @@ def plan_cmd(
 ) -> None:
     """Find the best way to run the model across device and server over a link."""
     out = Output.of(quiet, verbose, as_json)
-    if output is not None:
-        check_writable(output)
-    plan = make_plan(request_from_cli(
-        devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
-        rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
-        channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
-        noise_density=noise_density, prompt_tokens=prompt_tokens, decode_steps=decode_steps,
-        objective=objective.value, energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy,
-        max_memory=max_memory, max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate,
-        links=link, chain_objective=chain_objective.value, member_memory=member_memory,
-    ))
+    check_outputs([output])
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # what overflows is refused just below
+        plan = make_plan(request_from_cli(
+            devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
+            rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
+            channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
+            noise_density=noise_density, prompt_tokens=prompt_tokens, decode_steps=decode_steps,
+            objective=objective.value, energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy,
+            max_memory=max_memory, max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate,
+            links=link, chain_objective=chain_objective.value, member_memory=member_memory,
+        ))
+    check_document(plan)  # a figure that overflowed is refused, printed or written alike
     if output is not None:
         write_json(plan, output)
     if as_json:

@@ -252,6 +252,7 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
     """
     if opts.role not in ("local", "server", "device"):
         raise UserInputError(f"--role {opts.role!r}: expected local, server or device")
+    check_limits(opts)
     passive = passive_openmp()
     if opts.role == "server":
         if opts.emulate_rate or opts.plan or opts.cut is not None:
@@ -262,6 +263,39 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
               token_file=opts.token_file, max_sessions=opts.max_sessions)
         return None
     return _run_device_side(opts, on_event or (lambda e: None), passive)
+
+
+def check_limits(opts: RunOptions) -> None:
+    """The bounds a session has (runner.protocol), checked on the options before anything starts.
+
+    Raises:
+        UserInputError: The first option out of its bounds, in one line.
+    """
+    from coinfer.runner import protocol as p
+    from coinfer.units import fmt_duration
+
+    runs = opts.warmup + opts.repeats
+    checks = [
+        (opts.batch, 1, p.MAX_BATCH, "--batch"),
+        (opts.repeats, 1, p.MAX_RUNS, "--repeats"),
+        (opts.warmup, 0, p.MAX_RUNS - 1, "--warmup"),
+        (opts.prompt_tokens, 1, p.MAX_TOKENS, "--prompt-tokens"),
+        (opts.new_tokens, 0, p.MAX_TOKENS, "--decode-steps"),
+        (opts.max_sessions, 1, 1024, "--max-sessions"),
+    ]
+    for value, lo, hi, option in checks:
+        if value is not None and not lo <= value <= hi:
+            raise UserInputError(f"{option} {value}: outside {lo}..{hi} (what one session may ask)")
+    if runs > p.MAX_RUNS:
+        raise UserInputError(f"--warmup {opts.warmup} + --repeats {opts.repeats} = {runs} requests: at most {p.MAX_RUNS}")
+    if not 0 < opts.timeout_s <= p.MAX_TIMEOUT_S:
+        raise UserInputError(f"--timeout {fmt_duration(opts.timeout_s * 1e3)}: outside 0..{fmt_duration(p.MAX_TIMEOUT_S * 1e3)}")
+    if opts.emulate_rtt is not None:
+        from coinfer.units import parse_duration_ms
+
+        rtt = parse_duration_ms(opts.emulate_rtt, "--emulate-rtt")
+        if rtt > p.MAX_RTT_MS:
+            raise UserInputError(f"--emulate-rtt {opts.emulate_rtt}: at most {fmt_duration(p.MAX_RTT_MS)}")
 
 
 def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, list[str]] | None:
