@@ -283,6 +283,7 @@ CASES = [
     ("run-ratio-not-in-report", f"{RUN} --prune-report {{ws}}/prune.json --ratio 0.3", "is not in"),
     ("run-ratio-without-report", f"{RUN} --ratio 0.3", "needs --prune-report"),
     ("run-token-file-short", f"{RUN} --token-file {{ws}}/short-token.txt", "at least 16 characters"),
+    ("run-token-file-endless", f"{RUN} --token-file /dev/zero", "not a small text file"),
     ("run-token-file-missing", f"{RUN} --token-file {{ws}}/no-such.txt", "cannot read"),
     ("run-device-without-server", f"{RUN} --role device", "needs --server"),
     ("run-server-exposed-without-token", "run --role server --listen 0.0.0.0:29651", "token"),
