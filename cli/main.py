@@ -59,7 +59,8 @@ def _sigterm_raises() -> Iterator[list[bool]]:
 
 
 def _one_line(text: str) -> None:
-    err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+    # A message that quotes a library's multi-line text still takes one line.
+    err_console.print(f"error: {' '.join(text.split())}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _usage_hint(exc: ClickException, argv: list[str] | None) -> str:
