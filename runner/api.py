@@ -502,6 +502,9 @@ def _fit_model(s: _Setup) -> None:
     limit = max_positions(s.loaded.model.config)
     if limit is not None and s.prompt_tokens + new_tokens > limit:
         raise UserInputError(f"--prompt-tokens + --decode-steps = {s.prompt_tokens + new_tokens} exceeds the model's {limit} positions")
+    from coinfer.models.footprint import check_request
+
+    check_request(s.loaded.model.config, batch=opts.batch, tokens=s.prompt_tokens, context=s.prompt_tokens + new_tokens)
     s.bounds = bounds
     if opts.role == "device":
         from coinfer.runner.server import parse_hostport
