@@ -551,3 +551,24 @@ def test_killed_while_exporting_leaves_no_temp_folder(ws, tmp_path):
     rc, err = _kill_when(proc, tmp_path, ".shards.*.tmp/ratio-0.500/device.json", signal.SIGTERM)
     assert rc == 143 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- memory estimates behind the refusals ---------------------------------------------------------
+def test_memory_estimate_by_hand():
+    from transformers import AutoConfig
+
+    from coinfer.errors import UserInputError
+    from coinfer.models.footprint import check_fits, parameters, request_bytes
+
+    cfg = AutoConfig.for_model(**TINY_GPT2)
+    # KV: 2 (k, v) x 2 layers x 4 heads x 8 head dim x batch 2 x 16 tokens x 4 B; one block's
+    # prefill: 2 x 8 tokens x (4 x 32 + 128 MLP) x 4 B; scores: 2 x 4 heads x 8 x 8 x 4 B.
+    need = request_bytes(cfg, batch=2, tokens=8, context=16)
+    assert need == 2 * 2 * 4 * 8 * 2 * 16 * 4 + 2 * 8 * 256 * 4 + 2 * 4 * 8 * 8 * 4
+    check_fits(need, "x", available=need)
+    with pytest.raises(UserInputError, match="x needs about 34.8 kB of memory; 34.8 kB is available here"):
+        check_fits(need, "x", available=need - 1)
+    from coinfer.models.loading import build_from_config
+
+    real = sum(p.numel() for p in build_from_config(TINY_GPT2, name="t").model.parameters())
+    assert abs(parameters(cfg) - real) / real < 0.05  # biases and norms are left out
