@@ -14,6 +14,23 @@ Rules:
   in bits. A number without a unit is refused too: ``--emulate-rate 20`` is not 20 bit/s.
 * Every refusal is one :class:`~coinfer.errors.UserInputError` line naming the option and
   listing the accepted spellings. Values must be finite.
+* Values must be physically sensible: each kind has a range (below; zero is allowed where the
+  option allows it), so ``1e-300bps`` or ``1e300dBm`` is refused here instead of overflowing a
+  computation or writing a plan nobody can load. The ranges are generous on purpose:
+
+  ========== ============================== =========================================
+  kind       range                          why
+  ========== ============================== =========================================
+  rate       1 bit/s .. 10 Tbit/s           slower than a telegraph, faster than fibre
+  duration   1 ns .. 1 day                  a timer tick .. a run nobody waits for
+  energy     1 nJ .. 1 GJ                   one kernel .. a quarter ton of TNT
+  power      1 nW (-60 dBm) .. 1 kW (60 dBm) a sensor's radio .. a broadcast transmitter
+  size       1 B .. 1 PB                    whole bytes, more memory than any machine
+  frequency  1 Hz .. 1 THz                  bandwidths of any real radio
+  distance   1 mm .. 100,000 km             on a chip .. beyond geostationary orbit
+  noise      1e-30 .. 1e-6 W/Hz             -270 .. 0 dBm/Hz (thermal noise: -174)
+  gain       1e-30 .. 1e3                   -300 .. +30 dB
+  ========== ============================== =========================================
 
 Each kind has a home unit the parser returns: bit/s, ms, J, W, bytes, Hz, m, W/Hz and a plain
 power ratio. ``fmt_*`` turn a home-unit value back into text that parses to the same value
@@ -45,6 +62,8 @@ class Kind:
         ambiguous: Spelling -> why it is refused and what to write instead.
         example: A valid value, for messages.
         allow_bare: A plain number is accepted (in the home unit); only for ratios.
+        limits: (lowest, highest) sensible non-zero value, in the home unit.
+        limits_text: The same range for messages, e.g. '1 bps..10 Tbps'.
     """
 
     name: str
@@ -55,6 +74,8 @@ class Kind:
     decibels: dict[str, float] = field(default_factory=dict)
     ambiguous: dict[str, str] = field(default_factory=dict)
     allow_bare: bool = False
+    limits: tuple[float, float] = (0.0, math.inf)
+    limits_text: str = ""
 
     @property
     def spellings(self) -> list[str]:
@@ -86,28 +107,33 @@ RATE = Kind(
     units={**_prefixed("bps", 1.0), **_prefixed("bit/s", 1.0), **_prefixed("b/s", 1.0), **_prefixed("B/s", 8.0)},
     auto=("Tbps", "Gbps", "Mbps", "kbps", "bps"),
     ambiguous=_bytes_per_second_ambiguous(),
+    limits=(1.0, 1e13), limits_text="1 bps..10 Tbps",
 )
 DURATION = Kind(
     name="duration", home="ms", example="10ms",
     units={"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "ms": 1.0, "s": 1e3, "min": 6e4, "h": 3.6e6},
     auto=("s", "ms", "us", "ns"),
+    limits=(1e-6, 8.64e7), limits_text="1 ns..1 day",
 )
 ENERGY = Kind(
     name="energy", home="J", example="2J",
-    units={"uJ": 1e-6, "µJ": 1e-6, "μJ": 1e-6, **_prefixed("J", 1.0, "kM", milli=True),
+    units={"nJ": 1e-9, "uJ": 1e-6, "µJ": 1e-6, "μJ": 1e-6, **_prefixed("J", 1.0, "kM", milli=True),
            "mWh": 3.6, "Wh": 3600.0, "kWh": 3.6e6},
     auto=("MJ", "kJ", "J", "mJ", "uJ"),
+    limits=(1e-9, 1e9), limits_text="1 nJ..1 GJ",
 )
 POWER = Kind(
     name="power", home="W", example="0.2W",
-    units={"uW": 1e-6, "µW": 1e-6, "μW": 1e-6, **_prefixed("W", 1.0, "kM", milli=True)},
+    units={"nW": 1e-9, "uW": 1e-6, "µW": 1e-6, "μW": 1e-6, **_prefixed("W", 1.0, "kM", milli=True)},
     decibels={"dBm": 1e-3, "dBW": 1.0},
     auto=("MW", "kW", "W", "mW", "uW"),
+    limits=(1e-9, 1e3), limits_text="1 nW..1 kW (-60..60 dBm)",
 )
 SIZE = Kind(
     name="size", home="B", example="4GB",
     units={**_prefixed("B", 1.0, "kMGT"), "KiB": 2.0**10, "MiB": 2.0**20, "GiB": 2.0**30, "TiB": 2.0**40},
     auto=("TB", "GB", "MB", "kB", "B"),
+    limits=(1.0, 1e15), limits_text="1 B..1 PB",
     ambiguous={
         "KB": "'KB' is ambiguous: write kB for 1000 bytes or KiB for 1024",
         **{f"{p}b": f"'{p}b' means {n}bits: sizes are in bytes, write {p}B"
@@ -118,20 +144,24 @@ FREQUENCY = Kind(
     name="frequency", home="Hz", example="10MHz",
     units=_prefixed("Hz", 1.0, "kMGT"),
     auto=("THz", "GHz", "MHz", "kHz", "Hz"),
+    limits=(1.0, 1e12), limits_text="1 Hz..1 THz",
 )
 DISTANCE = Kind(
     name="distance", home="m", example="100m",
     units={"mm": 1e-3, "cm": 1e-2, "m": 1.0, "km": 1e3},
     auto=("km", "m", "cm", "mm"),
+    limits=(1e-3, 1e8), limits_text="1 mm..100,000 km",
 )
 NOISE_DENSITY = Kind(
     name="noise density", home="W/Hz", example="-174dBm/Hz",
     units={"W/Hz": 1.0, "mW/Hz": 1e-3},
     decibels={"dBm/Hz": 1e-3, "dBW/Hz": 1.0},
     auto=("W/Hz",),
+    limits=(1e-30, 1e-6), limits_text="1e-30..1e-6 W/Hz (-270..0 dBm/Hz)",
 )
 GAIN = Kind(
     name="gain", home="", example="-70dB", units={"": 1.0}, decibels={"dB": 1.0}, auto=("",), allow_bare=True,
+    limits=(1e-30, 1e3), limits_text="1e-30..1e3 (-300..30 dB)",
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in (RATE, DURATION, ENERGY, POWER, SIZE, FREQUENCY, DISTANCE,
@@ -166,14 +196,30 @@ def parse(text: str, kind: Kind, option: str) -> float:
     if not math.isfinite(value):
         raise UserInputError(f"{option} {text!r}: must be finite")
     if unit in kind.decibels:
+        if abs(value) > 10_000:  # 10^(value/10) would overflow; far outside every range anyway
+            raise UserInputError(f"{option} {text!r}: outside {kind.limits_text}")
         out = 10.0 ** (value / 10.0) * kind.decibels[unit]
     elif unit in kind.units and (unit or kind.allow_bare):
         out = value * kind.units[unit]
     else:
         raise _unit_error(kind, text, unit, option)
-    if not math.isfinite(out):
-        raise UserInputError(f"{option} {text!r}: must be finite")
-    return out
+    if not math.isfinite(out):  # a finite number times its unit overflowed: far beyond the range
+        raise UserInputError(f"{option} {text!r}: outside {kind.limits_text}")
+    return check_range(out, kind, option, text)
+
+
+def check_range(value: float, kind: Kind, option: str, text: str | None = None) -> float:
+    """``value`` (home unit) when zero, negative (the caller's sign rule decides) or inside the
+    kind's physical range.
+
+    Raises:
+        UserInputError: A positive value outside ``kind.limits``.
+    """
+    lo, hi = kind.limits
+    if value > 0 and not lo * (1 - 1e-12) <= value <= hi * (1 + 1e-12):  # the ends in dB round by an ulp
+        shown = text if text is not None else fmt(value, kind)
+        raise UserInputError(f"{option} {shown!r}: outside {kind.limits_text}")
+    return value
 
 
 def fmt(value: float, kind: Kind, unit: str | None = None, digits: int | None = 4) -> str:
@@ -263,15 +309,32 @@ def parse_gain(text: str, option: str = "--channel-gain") -> float:
     return _checked(parse(text, GAIN, option), text, option, "positive")
 
 
+SCALE_LIMITS = (1e-3, 1e3)
+
+
 def parse_scale(text: str, option: str = "--freq-range") -> float:
-    """Parse a plain positive, finite number (a frequency scale)."""
+    """Parse a plain positive, finite number (a frequency scale), within :data:`SCALE_LIMITS`."""
     try:
         v = float(text)
     except ValueError:
         raise UserInputError(f"{option} {text!r}: not a number") from None
     if not math.isfinite(v) or v <= 0:
         raise UserInputError(f"{option} {text!r}: must be a positive finite number")
-    return v
+    return check_factor(v, option, text)
+
+
+def check_factor(value: float, option: str, text: str | None = None, limits: tuple[float, float] = SCALE_LIMITS) -> float:
+    """A plain positive factor (a frequency scale, a speed-up) within ``limits``.
+
+    Raises:
+        UserInputError: Not finite, not positive, or outside ``limits``.
+    """
+    shown = text if text is not None else f"{value:g}"
+    if not math.isfinite(value) or value <= 0:
+        raise UserInputError(f"{option} {shown}: must be a positive finite number")
+    if not limits[0] <= value <= limits[1]:
+        raise UserInputError(f"{option} {shown}: outside {limits[0]:g}..{limits[1]:g}")
+    return value
 
 
 def parse_range(text: str, option: str, parse_one: Callable[[str, str], float],

@@ -79,3 +79,6 @@ def max_positions(config: Any) -> int | None:
 DEFAULT_MODEL = "gpt2"
 DEFAULT_PROMPT_TOKENS = 128
 DEFAULT_DECODE_STEPS = 32  # decoders; m steps after the prefill give m + 1 generated tokens
+# Prompt plus decode steps, at most, where a model states no positions of its own: beyond any
+# context window in use (2^20 tokens), and small enough that per-step tables fit in memory.
+MAX_CONTEXT_TOKENS = 1 << 20

@@ -28,9 +28,16 @@ import typer
 from typer.core import TyperCommand
 
 from coinfer.cli.app import app, console, err_console
-from coinfer.vocab import DEFAULT_DECODE_STEPS, DEFAULT_MODEL, DEFAULT_PROMPT_TOKENS  # noqa: F401  (re-exported)
+from coinfer.vocab import (  # noqa: F401  (re-exported)
+    DEFAULT_DECODE_STEPS,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT_TOKENS,
+    MAX_CONTEXT_TOKENS,
+)
 
 REMOVED_IN = "0.3"
+# More threads than any machine has cores; beyond it OpenMP would try to start millions.
+MAX_THREADS = 1024
 
 # Help panels, the same names in every command.
 MODEL = "Model"
@@ -135,17 +142,18 @@ def model_option(default: str | None = DEFAULT_MODEL, help: str | None = None) -
 def prompt_tokens_option(default: int | None = DEFAULT_PROMPT_TOKENS, help: str = "prompt length in tokens",
                          minimum: int = 1) -> Any:
     """``--prompt-tokens``: the one name for a prompt's length."""
-    return typer.Option(default, "--prompt-tokens", min=minimum, rich_help_panel=MODEL, help=help)
+    return typer.Option(default, "--prompt-tokens", min=minimum, max=MAX_CONTEXT_TOKENS, rich_help_panel=MODEL,
+                        help=help)
 
 
 def decode_steps_option(help: str) -> Any:
     """``--decode-steps``: steps after the prefill (m steps give m + 1 generated tokens)."""
-    return typer.Option(None, "--decode-steps", min=0, rich_help_panel=MODEL, help=help)
+    return typer.Option(None, "--decode-steps", min=0, max=MAX_CONTEXT_TOKENS, rich_help_panel=MODEL, help=help)
 
 
 def threads_option() -> Any:
     """``--threads`` (default: physical cores)."""
-    return typer.Option(None, "--threads", min=1, rich_help_panel=MEASUREMENT,
+    return typer.Option(None, "--threads", min=1, max=MAX_THREADS, rich_help_panel=MEASUREMENT,
                         help="CPU threads \\[default: the physical cores this process may use]")
 
 
@@ -176,6 +184,27 @@ def physical_cores() -> int:
     from coinfer.profiler.hardware import physical_cores as cores
 
     return cores()
+
+
+def check_outputs(files: Sequence[Any | None] = (), folders: dict[str, Any | None] | None = None) -> None:
+    """Every command's first step: each file it will write (``-o``) and folder it will create
+    (``--export``) is writable, so no work is done for output that cannot be kept.
+
+    Args:
+        files: Output files (None entries skipped), checked as ``-o``.
+        folders: Option name -> folder (None entries skipped).
+
+    Raises:
+        CoinferError: One line naming the option and the reason.
+    """
+    from coinfer.reports.io import check_writable, check_writable_folder
+
+    for f in files:
+        if f is not None:
+            check_writable(f, "-o")
+    for option, folder in (folders or {}).items():
+        if folder is not None:
+            check_writable_folder(folder, option)
 
 
 # -- output modes -------------------------------------------------------------------------------

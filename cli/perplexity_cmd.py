@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from coinfer.cli.app import app, console
+from coinfer.cli.common import MAX_CONTEXT_TOKENS, MAX_THREADS, check_outputs
 from coinfer.reports.quality import DEFAULT_EVAL_TOKENS, DEFAULT_WINDOW
 
 
@@ -16,21 +17,23 @@ def perplexity_cmd(
     eval_text: str | None = typer.Option(
         None, "--eval-text", help="UTF-8 text file, or shakespeare-eval (default), shakespeare-calib, builtin"
     ),
-    eval_tokens: int = typer.Option(DEFAULT_EVAL_TOKENS, "--eval-tokens", help="text tokens evaluated (whole windows)"),
-    window: int = typer.Option(DEFAULT_WINDOW, "--window", help="tokens per window (clipped to the model's positions)"),
-    stride: int | None = typer.Option(None, "--stride", help="tokens between window starts (default: the window)"),
+    eval_tokens: int = typer.Option(DEFAULT_EVAL_TOKENS, "--eval-tokens", min=2, max=MAX_CONTEXT_TOKENS,
+                                    help="text tokens evaluated (whole windows)"),
+    window: int = typer.Option(DEFAULT_WINDOW, "--window", min=2, max=MAX_CONTEXT_TOKENS,
+                               help="tokens per window (clipped to the model's positions)"),
+    stride: int | None = typer.Option(None, "--stride", min=1, max=MAX_CONTEXT_TOKENS,
+                                      help="tokens between window starts (default: the window)"),
     bos: bool = typer.Option(False, "--bos", help="prepend the BOS token to each window"),
     score_first: bool = typer.Option(False, "--score-first", help="with --bos: score each window's first token"),
     seed: int = typer.Option(0, "--seed", help="seed of a preset's random weights"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads"),
+    threads: int | None = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="CPU threads"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write the versioned report JSON here"),
 ) -> None:
     """Perplexity of a decoder on a text under a fixed protocol (text, tokens, window, stride, BOS)."""
     from coinfer.models.perplexity import measure
-    from coinfer.reports.io import check_writable, write_json
+    from coinfer.reports.io import write_json
 
-    if output is not None:
-        check_writable(output)
+    check_outputs([output])
     rep = measure(model, eval_text, tokens=eval_tokens, window=window, stride=stride, bos=bos,
                   first_token_scored=score_first, seed=seed, threads=threads)
     if output is not None:

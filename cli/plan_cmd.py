@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import numpy as np
 import typer
 from rich import box
 from rich.table import Table
@@ -19,6 +20,7 @@ from coinfer.cli.common import (
     Output,
     Renamed,
     WireDtype,
+    check_outputs,
     command,
     decode_steps_option,
     json_option,
@@ -32,7 +34,7 @@ from coinfer.errors import UserInputError
 from coinfer.planner.options import request_from_cli
 from coinfer.planner.plan import MODEL_NOTES, make_plan
 from coinfer.planner.robust import robust_plan, robust_spec_from_cli
-from coinfer.reports.io import check_writable, write_json
+from coinfer.reports.io import check_document, write_json
 from coinfer.reports.plan import Candidate, Plan
 from coinfer.units import fmt_rate
 from coinfer.vocab import DEFAULT_DECODE_STEPS
@@ -283,15 +285,12 @@ def plan_cmd(
 ) -> None:
     """Find the best way to run the model across device and server over a link."""
     out = Output.of(quiet, verbose, as_json)
-    if output is not None:
-        check_writable(output)
     robust = robust_spec_from_cli(
         robustness=robustness, max_ppl_ratio=max_ppl_ratio, min_cosine=min_cosine, erasure=erasure, snr_db=snr_db,
         states=states, trace=trace, switch_delay=switch_delay, rl_timesteps=rl_timesteps, rl_seed=rl_seed)
-    if replay_out is not None:
-        if robust is None or robust.trace is None:
-            raise UserInputError("--replay-out needs --robustness and --trace")
-        check_writable(replay_out)
+    if replay_out is not None and (robust is None or robust.trace is None):
+        raise UserInputError("--replay-out needs --robustness and --trace")
+    check_outputs([output, replay_out])
     req = request_from_cli(
         devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
         rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
@@ -302,9 +301,10 @@ def plan_cmd(
         links=link, chain_objective=chain_objective.value, member_memory=member_memory,
     )
     req.robust = robust
-    with out.work("planning"):
+    with out.work("planning"), np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         result = robust_plan(req) if robust is not None else None
         plan = result.plan if result is not None else make_plan(req)
+    check_document(plan)  # a figure that overflowed is refused, printed or written alike
     if output is not None:
         write_json(plan, output)
     if replay_out is not None:

@@ -17,6 +17,7 @@ from coinfer.cli.common import (
     Dtype,
     Output,
     Renamed,
+    check_outputs,
     command,
     json_option,
     model_option,
@@ -126,9 +127,10 @@ def profile_cmd(
 ) -> None:
     """Measure per-stage latency, energy, memory, FLOPs and cut payloads on this machine."""
     from coinfer.profiler.measure import ProfileOptions, parse_context_list, run_profile, validate_options
-    from coinfer.reports.io import check_writable, write_json
+    from coinfer.reports.io import write_json
 
     out = Output.of(quiet, verbose, as_json)
+    check_outputs([output])
     opts = ProfileOptions(
         device=device.value,
         dtype=dtype.value,
@@ -143,8 +145,6 @@ def profile_cmd(
         emissions=emissions,
     )
     validate_options(opts)
-    if output is not None:
-        check_writable(output)
     with out.work(f"profiling {model}", spinner=False), Progress(
         TextColumn("{task.description}"),
         BarColumn(),

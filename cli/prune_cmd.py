@@ -14,6 +14,7 @@ from coinfer.cli.common import (
     OUTPUT,
     Output,
     Renamed,
+    check_outputs,
     command,
     json_option,
     model_option,
@@ -88,6 +89,7 @@ def prune_cmd(
     out = Output.of(quiet, verbose, as_json)
     if output is None and not as_json:
         output = DEFAULT_OUTPUT
+    check_outputs([output], {"--export": export})
     opts = PruneOptions(
         model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value,
         calib=calib, export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,

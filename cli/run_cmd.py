@@ -21,6 +21,7 @@ from coinfer.cli.common import (
     Output,
     Renamed,
     WireDtype,
+    check_outputs,
     command,
     decode_steps_option,
     json_option,
@@ -141,6 +142,7 @@ def run_cmd(
     out = Output.of(quiet, verbose, as_json)
     if output is None and not as_json:
         output = DEFAULT_OUTPUT
+    check_outputs([None if role == Role.server else output])
     timeout_s = parse_duration_s(timeout, "--timeout")
     if timeout_s <= 0:
         raise UserInputError(f"--timeout {timeout!r}: must be positive")

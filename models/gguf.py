@@ -259,11 +259,12 @@ def _convert(info: GGUFInfo, sha: str, out: Path) -> None:
     folder, name = str(info.path.parent), info.path.name
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # transformers' tqdm bar
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                         trust_remote_code=False)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise UserInputError(f"model {info.path}: cannot convert this GGUF ({exc})") from None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
         except (ValueError, KeyError, OSError, TypeError):
             tokenizer = None  # no tokenizer in the file: the model still loads, text goes as bytes
     cfg = model.config.to_dict()

@@ -17,6 +17,7 @@ from typing import Any
 from coinfer.errors import ModelNotFoundError, UnsupportedModelError, UserInputError
 from coinfer.models.presets import DEFAULT_SEED, PRESETS, available_models
 from coinfer.reports.common import ModelIdentity
+from coinfer.vocab import max_positions
 
 # Keys that do not change the architecture or the numbers it computes.
 _VOLATILE_KEYS = {
@@ -115,6 +116,7 @@ def _identity(
         vocab_size=adapter.vocab_size,
         num_parameters=sum(p.numel() for p in model.parameters()),
         is_decoder=adapter.is_decoder,
+        max_positions=max_positions(model.config),
     )
 
 
@@ -152,11 +154,16 @@ def build_from_config(
 
 
 def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load a local Hugging Face folder (config.json plus safetensors or .bin weights).
+    """Load a local Hugging Face folder: config.json plus safetensors weights (never pickles).
+
+    The weights' headers are read first: a corrupt or truncated file, a config describing a far
+    larger model than the weights hold, or one whose tensors do not match the weights' (missing,
+    extra or differently shaped) is refused in one line, before or instead of a half-random model.
 
     Raises:
-        ModelNotFoundError: No such folder, no config.json, or no weights in it.
+        ModelNotFoundError: No such folder, no config.json, or no safetensors weights in it.
         UnsupportedModelError: The architecture has no adapter.
+        UserInputError: Corrupt weights, or a config that disagrees with them.
     """
     folder = Path(path)
     if not folder.exists():
@@ -173,12 +180,11 @@ def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_i
     model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     if not model_type:
         raise UnsupportedModelError(f"model folder {folder}: config.json has no model_type")
-    weights = [p for p in folder.iterdir() if p.suffix == ".safetensors"]
-    if not weights:
-        raise ModelNotFoundError(f"model folder {folder}: no safetensors weights (*.safetensors)")
+    weights = _weight_files(folder)
     _quiet_transformers()
     adapter_cls, auto = _model_class(model_type)
-    model = auto.from_pretrained(str(folder), attn_implementation=attn_implementation, dtype="float32")
+    _check_config_size(folder, weights)
+    model = _from_pretrained(auto, folder, attn_implementation)
     model.config._attn_implementation = attn_implementation
     model.eval()
     adapter = adapter_cls(model)
@@ -187,10 +193,95 @@ def load_folder(path: str | os.PathLike[str], *, name: str | None = None, attn_i
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError):
             tokenizer = None
     return LoadedModel(model, adapter, _identity(name or str(path), model, adapter, "real", None), tokenizer, str(folder))
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files transformers will read: ``model.safetensors`` or those its index names.
+
+    Raises:
+        ModelNotFoundError: None (pickled ``pytorch_model.bin`` weights are not loaded, ever).
+    """
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise UserInputError(f"model folder {folder}: model.safetensors.index.json is not a valid index") from None
+        from coinfer.models.shard_io import confined_file
+
+        return [confined_file(folder, n, "model.safetensors.index.json weight_map") for n in names]
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    hint = f" ({', '.join(pickled)} is pickled: coinfer loads safetensors only)" if pickled else ""
+    raise ModelNotFoundError(f"model folder {folder}: no safetensors weights (model.safetensors){hint}")
+
+
+def _header_parameters(files: list[Path]) -> int:
+    """Parameters stored in safetensors files, from their headers (no tensor is read).
+
+    Raises:
+        UserInputError: A file that is not valid safetensors (corrupt, truncated, empty).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                    n = 1
+                    for dim in st.get_slice(key).get_shape():
+                        n *= dim
+                    total += n
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserInputError(f"model {f}: not a valid safetensors file ({str(exc).splitlines()[0][:200]})") from None
+    return total
+
+
+def _check_config_size(folder: Path, weights: list[Path]) -> None:
+    """Refuse a config describing a model far larger than its weights (it would be built, mostly random,
+    before any mismatch shows) or one that cannot fit in memory."""
+    from transformers import AutoConfig
+
+    from coinfer.models.footprint import check_fits, parameters
+
+    stored = _header_parameters(weights)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UserInputError(f"model folder {folder}: config.json is not a valid config ({str(exc).splitlines()[0][:200]})") from None
+    described = parameters(config)
+    if described > 2 * stored + 1_000_000:
+        raise UserInputError(f"model folder {folder}: config.json describes about {described:,} parameters, the weights "
+                             f"hold {stored:,}: they disagree")
+    check_fits(4 * max(described, stored), f"model folder {folder} (fp32 weights)")
+
+
+def _from_pretrained(auto: Any, folder: Path, attn_implementation: str) -> Any:
+    """transformers' loader restricted to safetensors; any disagreement between config and weights refused."""
+    from safetensors import SafetensorError
+
+    try:
+        model, info = auto.from_pretrained(
+            str(folder), attn_implementation=attn_implementation, dtype="float32", use_safetensors=True,
+            trust_remote_code=False, output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, ZeroDivisionError, SafetensorError) as exc:
+        raise UserInputError(f"model folder {folder}: cannot load it ({str(exc).strip().splitlines()[0][:200]})") from None
+    disagree = "config.json disagrees with the weights"
+    if info.get("mismatched_keys"):
+        key, stored, built = min(info["mismatched_keys"], key=lambda m: m[0])
+        raise UserInputError(f"model folder {folder}: {disagree}: {key} is {tuple(stored)} in the weights, "
+                             f"{tuple(built)} by the config ({len(info['mismatched_keys'])} such tensors)")
+    for keys, what in ((info.get("missing_keys"), "the config describes are missing from the weights"),
+                       (info.get("unexpected_keys"), "in the weights are not in the model the config describes")):
+        if keys:
+            raise UserInputError(f"model folder {folder}: {disagree}: {len(keys)} tensors {what} (e.g. {min(keys)})")
+    return model
 
 
 def load_gguf(path: str | os.PathLike[str], *, name: str | None = None, attn_implementation: str = "sdpa") -> LoadedModel:

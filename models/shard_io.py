@@ -5,6 +5,12 @@ No pickles: weights are safetensors (or ONNX external data), structure is a JSON
 checks the sha256 of the config first, then of the weights the config names, and refuses any
 mismatch with :class:`~coinfer.errors.IntegrityError` before a byte is deserialised.
 
+Files are data, never directions: a name inside a report or a config (``shards[].path``,
+``weights_file``, an ONNX graph's external data) is a relative name that must stay inside its
+folder once symlinks are resolved; sizes are checked against the record before reading, hashes
+are computed while reading, and a refusal says what did not match, never anything about the
+file found (no hash fragments, no sizes).
+
 Public API (for ``coinfer run``)::
 
     from coinfer.models.shard_io import load_shard, load_onnx_shard
@@ -15,27 +21,134 @@ Public API (for ``coinfer run``)::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from coinfer.errors import IntegrityError, SchemaError, UserInputError
-from coinfer.reports.io import atomic_write_bytes, file_sha256, to_json
+from coinfer.errors import IntegrityError, UserInputError
+from coinfer.reports.io import atomic_write_bytes, parse_document, parse_json_text, write_json
 from coinfer.reports.prune import ShardBlockShape, ShardConfig
 from coinfer.vocab import max_positions
 
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# A shard config holds the architecture and tensor shapes: kilobytes. Far larger is not one.
+MAX_SHARD_CONFIG_BYTES = 64 * 1024 * 1024
+_CHUNK = 1 << 20
 
 
-def _verify(path: Path, sha256: str) -> bytes:
+# -- names and bytes read from records (path, size and hash checks) --------------------------
+def confined_file(folder: str | os.PathLike[str], name: str, what: str) -> Path:
+    """The file a record names inside ``folder``, resolved; never a file outside it.
+
+    Args:
+        folder: The folder the record's names are relative to.
+        name: The recorded name, e.g. ``ratio-0.300/device.json``.
+        what: The record's field, for messages ('shards[].path').
+
+    Raises:
+        IntegrityError: An absolute name, one with ``..``, or one that leads outside ``folder``
+            through a symbolic link.
+        UserInputError: No such file.
+    """
+    pure = PurePosixPath(name) if isinstance(name, str) else None
+    if (pure is None or not name or "\\" in name or "\x00" in name or pure.is_absolute()
+            or any(part in ("", ".", "..") for part in name.split("/"))):
+        raise IntegrityError(f"{what} {name!r}: not a relative name inside {folder}; refusing to read it")
+    root = Path(folder).resolve()
+    target = (root / pure).resolve()
+    if not target.is_relative_to(root):
+        raise IntegrityError(f"{what} {name!r}: leads outside {folder} (a symbolic link); refusing to read it")
+    if not target.is_file():
+        raise UserInputError(f"{Path(folder) / pure}: no such file")
+    return target
+
+
+def check_size(path: Path, size_bytes: int | None = None, max_bytes: int | None = None) -> int:
+    """The file's size, once it is the recorded ``size_bytes`` and at most ``max_bytes``.
+
+    Raises:
+        IntegrityError: Another size (the message does not say which).
+    """
+    size = path.stat().st_size
+    if size_bytes is not None and size != size_bytes:
+        raise IntegrityError(f"{path}: does not have the recorded size; refusing to load")
+    if max_bytes is not None and size > max_bytes:
+        raise IntegrityError(f"{path}: larger than {max_bytes >> 20} MiB, not a file coinfer exported; refusing to load")
+    return size
+
+
+def _chunks(path: Path, limit: int) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while limit > 0 and (chunk := fh.read(min(_CHUNK, limit))):
+            limit -= len(chunk)
+            yield chunk
+
+
+def read_verified(path: Path, sha256: str, size_bytes: int | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path`` once their sha256 (computed while reading) is ``sha256``.
+
+    Raises:
+        IntegrityError: Another size or another hash (nothing about the file is echoed).
+    """
+    size = check_size(path, size_bytes, max_bytes)
+    h, parts = hashlib.sha256(), []
+    for chunk in _chunks(path, size + 1):  # one byte more: a file that grew is caught by the hash
+        h.update(chunk)
+        parts.append(chunk)
+    if h.hexdigest() != sha256:
+        raise IntegrityError(f"{path}: does not match the recorded sha256; refusing to load")
+    return b"".join(parts)
+
+
+def verify_file(path: Path, sha256: str, size_bytes: int | None = None) -> None:
+    """Like :func:`read_verified`, for files loaded by another library (nothing kept in memory)."""
+    h = hashlib.sha256()
+    for chunk in _chunks(path, check_size(path, size_bytes) + 1):
+        h.update(chunk)
+    if h.hexdigest() != sha256:
+        raise IntegrityError(f"{path}: does not match the recorded sha256; refusing to load")
+
+
+def _verify(path: Path, sha256: str, max_bytes: int | None = None, size_bytes: int | None = None) -> bytes:
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
-    data = path.read_bytes()
-    got = hashlib.sha256(data).hexdigest()
-    if got != sha256:
-        raise IntegrityError(f"{path}: sha256 {got[:16]}... does not match the expected {sha256[:16]}...; refusing to load")
-    return data
+    return read_verified(path, sha256, size_bytes, max_bytes)
+
+
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _onnx_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _onnx_tensors(sub)
+
+
+def check_onnx_external_data(path: Path, data_name: str) -> None:
+    """Refuse an ONNX file whose tensors name any external data file but ``data_name`` beside it.
+
+    onnxruntime reads external data wherever the graph says; a graph is data, not directions.
+
+    Raises:
+        IntegrityError: Another location, or not an ONNX file.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: any failure means "not ONNX"
+        raise IntegrityError(f"{path}: not an ONNX file; refusing to load") from None
+    for t in _onnx_tensors(model.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            where = {e.key: e.value for e in t.external_data}.get("location")
+            if where != data_name:
+                raise IntegrityError(f"{path}: a tensor's external data is not {data_name}; refusing to load")
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -79,7 +192,7 @@ def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, re
         weights_size_bytes=len(blob),
         tensor_shapes={k: list(v.shape) for k, v in tensors.items()},
     )
-    jpath = atomic_write_bytes(folder / f"{role}.json", to_json(cfg).encode())
+    jpath = write_json(cfg, folder / f"{role}.json")
     return {"safetensors": wpath, "json": jpath}
 
 
@@ -179,19 +292,8 @@ def read_shard_config(path: str | os.PathLike[str], sha256: str) -> ShardConfig:
         SchemaError: Not a shard config of a known version.
     """
     p = Path(path)
-    data = _verify(p, sha256)
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"{p}: not a JSON shard config ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("kind") != "shard_config" or obj.get("schema_version") != 1:
-        raise SchemaError(f"{p}: expected a 'shard_config' file of schema version 1")
-    from pydantic import ValidationError
-
-    try:
-        return ShardConfig.model_validate(obj)
-    except ValidationError as exc:
-        raise SchemaError(f"{p}: invalid shard_config: {exc.errors()[0]['msg']}") from None
+    data = _verify(p, sha256, MAX_SHARD_CONFIG_BYTES)
+    return parse_document(parse_json_text(data, p), p, ShardConfig)
 
 
 def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation: str = "sdpa") -> Any:
@@ -222,8 +324,8 @@ def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation
     from coinfer.models.shards import Shard
 
     cfg = read_shard_config(path, sha256)
-    wpath = Path(path).parent / cfg.weights_file
-    blob = _verify(wpath, cfg.weights_sha256)
+    wpath = confined_file(Path(path).parent, cfg.weights_file, "weights_file")
+    blob = read_verified(wpath, cfg.weights_sha256, cfg.weights_size_bytes)
     tensors = st_load(blob)
     if {k: list(v.shape) for k, v in tensors.items()} != cfg.tensor_shapes:
         raise IntegrityError(f"{wpath}: tensors do not match the shapes recorded in {path}")
@@ -273,12 +375,14 @@ def load_onnx_shard(path: str | os.PathLike[str], sha256: str, data_sha256: str,
     import onnxruntime as ort
 
     p = Path(path)
-    _verify(p, sha256)
+    if not p.is_file():
+        raise UserInputError(f"{p}: no such file")
+    verify_file(p, sha256)
     data = p.with_name(p.name + ".data")
     if not data.is_file():
         raise UserInputError(f"{data}: no such file (the ONNX shard's external weights)")
-    if file_sha256(data) != data_sha256:
-        raise IntegrityError(f"{data}: sha256 does not match the expected {data_sha256[:16]}...; refusing to load")
+    verify_file(data, data_sha256)
+    check_onnx_external_data(p, data.name)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

@@ -42,7 +42,7 @@ from coinfer.planner.tables import stage_costs
 from coinfer.reports.plan import Candidate, EnergyBreakdown, PhaseBreakdown
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
-from coinfer.vocab import check_wire_dtype, cut_name, stage_names
+from coinfer.vocab import MAX_CONTEXT_TOKENS, check_wire_dtype, cut_name, stage_names
 
 OBJECTIVES = ("latency", "energy", "weighted")
 
@@ -63,6 +63,19 @@ class Workload:
             raise UserInputError(f"--prompt-tokens {self.prompt_tokens}: must be at least 1")
         if self.new_tokens < 0:
             raise UserInputError(f"--decode-steps {self.new_tokens}: must not be negative")
+        if self.prompt_tokens + self.new_tokens > MAX_CONTEXT_TOKENS:
+            raise UserInputError(f"--prompt-tokens + --decode-steps = {self.prompt_tokens + self.new_tokens}: "
+                                 f"more than {MAX_CONTEXT_TOKENS} tokens")
+
+    def check_positions(self, limit: int | None, model: str) -> None:
+        """Refuse a request longer than the model's positions (``limit``; None: unstated).
+
+        Raises:
+            UserInputError: prompt plus decode steps exceed ``limit``.
+        """
+        if limit is not None and self.prompt_tokens + self.new_tokens > limit:
+            raise UserInputError(f"--prompt-tokens + --decode-steps = {self.prompt_tokens + self.new_tokens} "
+                                 f"exceeds {model}'s {limit} positions")
 
 
 @dataclass(frozen=True)

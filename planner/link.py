@@ -15,13 +15,14 @@ import numpy as np
 
 from coinfer.errors import UserInputError
 from coinfer.reports.plan import LinkModel
+from coinfer.units import GAIN, RATE, fmt_gain, fmt_power, fmt_rate
 from coinfer.vocab import check_wire_dtype
 
 
 def shannon_rate_bps(bandwidth_hz: float, tx_power_w, channel_gain: float, noise_w_per_hz: float):
     """Shannon capacity of an AWGN channel, in bit/s (works on floats and numpy arrays)."""
     snr = np.asarray(tx_power_w, dtype=float) * channel_gain / (noise_w_per_hz * bandwidth_hz)
-    out = bandwidth_hz * np.log2(1.0 + snr)
+    out = bandwidth_hz * np.log1p(snr) / math.log(2.0)  # log1p: a tiny SNR keeps its tiny rate, not 0
     return float(out) if np.ndim(out) == 0 else out
 
 
@@ -74,8 +75,18 @@ class Link:
                 raise UserInputError("a wireless uplink needs --tx-power or --tx-power-range")
             if max(self.tx_powers_w) <= 0:
                 raise UserInputError("a wireless uplink needs a positive transmit power")
+            self._check_wireless_rates()
         elif self.rate_bps is None:
             raise UserInputError("give a link: --rate RATE, or --bandwidth/--tx-power/--channel-gain/--noise-density")
+
+    def _check_wireless_rates(self) -> None:
+        # A rate below the slowest link coinfer plans for gives latencies beyond any float.
+        lowest = min(self.tx_powers_w)
+        rate = float(self.uplink_rates(np.array([lowest]))[0])
+        if not rate >= RATE.limits[0]:
+            raise UserInputError(
+                f"the wireless uplink's Shannon rate at {fmt_power(lowest)} is {rate:.3g} bit/s, below "
+                f"{fmt_rate(RATE.limits[0])}: raise the power or the gain (channel gain {fmt_gain(self.channel_gain)})")
 
     @property
     def wireless(self) -> bool:
@@ -142,6 +153,9 @@ def wireless_link(
         raise UserInputError("a wireless uplink needs exactly one of --channel-gain and --distance")
     if channel_gain is None:
         channel_gain = path_loss_gain(distance_m, path_loss_exponent, reference_gain)
+        if not GAIN.limits[0] <= channel_gain <= GAIN.limits[1]:
+            raise UserInputError(f"--distance {distance_m:g} m with path-loss exponent {path_loss_exponent:g} gives a "
+                                 f"channel gain of {channel_gain:.3g}, outside {GAIN.limits_text}")
         return Link(bandwidth_hz=bandwidth_hz, channel_gain=channel_gain, noise_w_per_hz=noise_w_per_hz,
                     tx_powers_w=tx_powers_w, distance_m=distance_m, path_loss_exponent=path_loss_exponent,
                     reference_gain=reference_gain, **kw)

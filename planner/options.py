@@ -11,6 +11,7 @@ from coinfer.planner.cost import Budgets
 from coinfer.planner.link import Link, wireless_link
 from coinfer.planner.plan import ChainSpec, PlanRequest, member_name
 from coinfer.units import (
+    check_factor,
     parse_bytes,
     parse_distance_m,
     parse_duration_ms,
@@ -25,11 +26,14 @@ from coinfer.units import (
 )
 from coinfer.vocab import check_wire_dtype
 
+# Physical ranges of the plain-number options (the quantities' ranges are in coinfer.units).
+SERVER_SPEEDUP_LIMITS = (1e-3, 1e6)
+PATH_LOSS_EXP_LIMITS = (0.5, 10.0)  # free space is 2, dense urban 3-6
+ENERGY_WEIGHT_MAX_MS_PER_J = 1e9
 
-def _positive(value: float | None, option: str) -> float | None:
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise UserInputError(f"{option} {value!r}: must be a positive finite number")
-    return value
+
+def _positive(value: float | None, option: str, limits: tuple[float, float]) -> float | None:
+    return None if value is None else check_factor(value, option, limits=limits)
 
 
 def _link_arg(text: str) -> tuple[str, tuple[float, float]]:
@@ -85,7 +89,9 @@ def request_from_cli(
     Raises:
         UserInputError: The first bad option, in one line.
     """
-    _positive(server_speedup, "--server-speedup")
+    _positive(server_speedup, "--server-speedup", SERVER_SPEEDUP_LIMITS)
+    if math.isfinite(energy_weight) and energy_weight > ENERGY_WEIGHT_MAX_MS_PER_J:  # the rest: Objective's check
+        raise UserInputError(f"--energy-weight {energy_weight:g}: outside 0..{ENERGY_WEIGHT_MAX_MS_PER_J:g} ms per J")
     if prompt_tokens is not None and prompt_tokens < 1:
         raise UserInputError(f"--prompt-tokens {prompt_tokens}: must be at least 1")
     if decode_steps is not None and decode_steps < 0:
@@ -117,7 +123,7 @@ def request_from_cli(
             bandwidth_hz=parse_frequency_hz(bandwidth), noise_w_per_hz=parse_noise_w_per_hz(noise_density),
             tx_powers_w=powers, channel_gain=parse_gain(channel_gain) if channel_gain is not None else None,
             distance_m=parse_distance_m(distance) if distance is not None else None,
-            path_loss_exponent=_positive(path_loss_exp, "--path-loss-exp"),
+            path_loss_exponent=_positive(path_loss_exp, "--path-loss-exp", PATH_LOSS_EXP_LIMITS),
             reference_gain=parse_gain(ref_gain, "--ref-gain"),
             downlink_rate_bps=down, rtt_ms=rtt_ms, wire_dtype=wire_dtype,
         )

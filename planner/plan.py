@@ -198,6 +198,7 @@ def prepare(req: PlanRequest) -> Prepared:
     if steps is None:
         steps = DEFAULT_DECODE_STEPS if device.model.is_decoder else 0
     wl = Workload(req.prompt_tokens or device.context.seq_len, steps)
+    wl.check_positions(device.model.max_positions, device.model.name)
     return Prepared(objective, freqs, profiles, device, server, prune, inputs, notes, wl)
 
 

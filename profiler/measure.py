@@ -192,6 +192,7 @@ def profile_loaded(
     validate_options(opts)
     notes = list(opts.notes)
     contexts = _decode_contexts(loaded.adapter, opts, notes)
+    _check_memory(loaded, opts, contexts)
     prev_threads = torch.get_num_threads()
     threads = opts.threads or physical_cores()
     torch.set_num_threads(threads)
@@ -208,6 +209,20 @@ def profile_loaded(
     elif opts.emissions:
         profile.notes.append("emissions: codecarbon could not start; no whole-run summary")
     return profile
+
+
+def _check_memory(loaded: Any, opts: ProfileOptions, contexts: list[int]) -> None:
+    """Refuse a batch and prompt that cannot fit, before anything is allocated for them."""
+    import torch
+
+    from coinfer.models.footprint import check_request
+
+    weights, available = 0, None
+    if opts.device == "cuda" and torch.cuda.is_available():  # the model moves there: its weights count too
+        available = torch.cuda.mem_get_info()[0]
+        weights = sum(p.numel() for p in loaded.model.parameters()) * (4 if opts.dtype == "fp32" else 2)
+    check_request(loaded.model.config, batch=opts.batch, tokens=opts.seq_len, context=max(contexts, default=0) + 1,
+                  dtype=opts.dtype, weights_bytes=weights, available=available)
 
 
 def _decode_contexts(ad: Any, opts: ProfileOptions, notes: list[str]) -> list[int]:

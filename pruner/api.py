@@ -108,13 +108,13 @@ def validate(opts: PruneOptions) -> None:
             raise UserInputError(f"--export {d}: exists and is not a folder")
         if d.is_dir() and any(d.iterdir()) and not opts.force:
             raise UserInputError(f"--export {d}: folder exists and is not empty (use --force to replace it)")
-        parent = d.parent if str(d.parent) else Path(".")
-        if not parent.is_dir():
-            raise UserInputError(f"--export {d}: parent folder {parent} does not exist")
+        from coinfer.reports.io import check_writable_folder
+
+        check_writable_folder(d, "--export")
     if opts.output is not None:
         from coinfer.reports.io import check_writable
 
-        check_writable(opts.output)
+        check_writable(opts.output, "-o")
 
 
 def run_prune(opts: PruneOptions) -> Any:

@@ -276,8 +276,11 @@ def _export_folder(final: Path | None, force: bool) -> Iterator[Path | None]:
     if final is None:
         yield None
         return
+    from coinfer.reports.io import sweep_stale_temps, temp_prefix
+
     parent = final.parent if str(final.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
+    sweep_stale_temps(parent, final.name)  # left by a prune killed with SIGKILL
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=parent))
     try:
         yield tmp
         _finalise(tmp, final, force)
@@ -413,14 +416,21 @@ def _bound(results: list[RatioResult], half: int, notes: list[str]) -> tuple[lis
 
 def _finalise(tmp: Path, final: Path, force: bool) -> None:
     from coinfer.errors import UserInputError
+    from coinfer.reports.io import fsync_folder, temp_prefix
 
     if final.exists():
         if any(final.iterdir()) and not force:
             raise UserInputError(f"--export {final}: folder exists and is not empty (use --force to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=tmp.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".old", dir=tmp.parent))
         final.rename(old / "previous")
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) between the renames: the old folder goes back
+            (old / "previous").rename(final)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    fsync_folder(final.parent if str(final.parent) else ".")
 

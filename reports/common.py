@@ -53,6 +53,10 @@ class ModelIdentity(Schema):
     vocab_size: int
     num_parameters: int
     is_decoder: bool
+    # Added without a version bump: optional, so every file written before still loads.
+    max_positions: int | None = Field(
+        default=None, ge=1, description="longest sequence the model takes (prompt plus generated tokens); None: unstated"
+    )
 
     @property
     def weights_label(self) -> str:

@@ -252,6 +252,7 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
     """
     if opts.role not in ("local", "server", "device"):
         raise UserInputError(f"--role {opts.role!r}: expected local, server or device")
+    check_limits(opts)
     passive = passive_openmp()
     if opts.role == "server":
         if opts.emulate_rate or opts.plan or opts.cut is not None:
@@ -262,6 +263,39 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
               token_file=opts.token_file, max_sessions=opts.max_sessions)
         return None
     return _run_device_side(opts, on_event or (lambda e: None), passive)
+
+
+def check_limits(opts: RunOptions) -> None:
+    """The bounds a session has (runner.protocol), checked on the options before anything starts.
+
+    Raises:
+        UserInputError: The first option out of its bounds, in one line.
+    """
+    from coinfer.runner import protocol as p
+    from coinfer.units import fmt_duration
+
+    runs = opts.warmup + opts.repeats
+    checks = [
+        (opts.batch, 1, p.MAX_BATCH, "--batch"),
+        (opts.repeats, 1, p.MAX_RUNS, "--repeats"),
+        (opts.warmup, 0, p.MAX_RUNS - 1, "--warmup"),
+        (opts.prompt_tokens, 1, p.MAX_TOKENS, "--prompt-tokens"),
+        (opts.new_tokens, 0, p.MAX_TOKENS, "--decode-steps"),
+        (opts.max_sessions, 1, 1024, "--max-sessions"),
+    ]
+    for value, lo, hi, option in checks:
+        if value is not None and not lo <= value <= hi:
+            raise UserInputError(f"{option} {value}: outside {lo}..{hi} (what one session may ask)")
+    if runs > p.MAX_RUNS:
+        raise UserInputError(f"--warmup {opts.warmup} + --repeats {opts.repeats} = {runs} requests: at most {p.MAX_RUNS}")
+    if not 0 < opts.timeout_s <= p.MAX_TIMEOUT_S:
+        raise UserInputError(f"--timeout {fmt_duration(opts.timeout_s * 1e3)}: outside 0..{fmt_duration(p.MAX_TIMEOUT_S * 1e3)}")
+    if opts.emulate_rtt is not None:
+        from coinfer.units import parse_duration_ms
+
+        rtt = parse_duration_ms(opts.emulate_rtt, "--emulate-rtt")
+        if rtt > p.MAX_RTT_MS:
+            raise UserInputError(f"--emulate-rtt {opts.emulate_rtt}: at most {fmt_duration(p.MAX_RTT_MS)}")
 
 
 def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, list[str]] | None:
@@ -275,7 +309,6 @@ def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, l
         if ratio is not None:
             raise UserInputError("--ratio needs --prune-report")
         return None
-    from pathlib import Path
 
     from coinfer.reports.io import load_document
     from coinfer.reports.prune import PruneReport
@@ -287,15 +320,38 @@ def _resolve_shards(report_path: str | None, ratio: float | None) -> dict[str, l
     res = [r for r in rep.results if abs(r.requested_ratio - ratio) < 1e-9]
     if not res:
         raise UserInputError(f"--ratio {ratio:g} is not in {report_path} (it has {have})")
-    folder = Path(rep.export_dir) if rep.export_dir else Path(report_path).parent
-    if not folder.is_absolute() and not folder.exists():
-        folder = Path(report_path).parent / folder
-    files = {f.role: [str(folder / f.path), f.sha256] for f in res[0].shards if f.format == "json"}
+    folder = _export_folder(rep.export_dir, report_path)
+    files = {f.role: [str(_shard_file(folder, f)), f.sha256] for f in res[0].shards if f.format == "json"}
     if set(files) != {"device", "server"}:
         raise UserInputError(f"{report_path}: ratio {ratio:g} has no exported device and server shards (coinfer prune --export-dir)")
     return files
 
 
+
+
+def _export_folder(export_dir: str | None, report_path: str) -> Any:
+    """The folder a report's shard names are relative to: ``export_dir`` (relative to the report's
+    folder, or for reports written before, to the working folder), else the report's folder."""
+    from pathlib import Path
+
+    beside = Path(report_path).parent
+    if not export_dir:
+        return beside
+    folder = Path(export_dir)
+    if not folder.is_absolute() and (beside / folder).is_dir():
+        folder = beside / folder
+    if not folder.is_dir():
+        raise UserInputError(f"{report_path}: export_dir {export_dir}: no such folder")
+    return folder
+
+
+def _shard_file(folder: Any, f: Any) -> Any:
+    """A shard file the report lists: inside the export folder, of the recorded size (not yet read)."""
+    from coinfer.models.shard_io import check_size, confined_file
+
+    path = confined_file(folder, f.path, "shards[].path")
+    check_size(path, f.size_bytes)
+    return path
 
 
 @dataclass
@@ -446,6 +502,9 @@ def _fit_model(s: _Setup) -> None:
     limit = max_positions(s.loaded.model.config)
     if limit is not None and s.prompt_tokens + new_tokens > limit:
         raise UserInputError(f"--prompt-tokens + --decode-steps = {s.prompt_tokens + new_tokens} exceeds the model's {limit} positions")
+    from coinfer.models.footprint import check_request
+
+    check_request(s.loaded.model.config, batch=opts.batch, tokens=s.prompt_tokens, context=s.prompt_tokens + new_tokens)
     s.bounds = bounds
     if opts.role == "device":
         from coinfer.runner.server import parse_hostport

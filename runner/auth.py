@@ -24,6 +24,7 @@ from coinfer.errors import UserInputError
 
 TOKEN_ENV = "COINFER_TOKEN"
 MIN_TOKEN_CHARS = 16
+MAX_TOKEN_FILE_BYTES = 4096  # a secret, not a file to read whole (/dev/zero never ends)
 _SERVER_LABEL = b"coinfer-v2 server proof\x00"
 _CLIENT_LABEL = b"coinfer-v2 client proof\x00"
 
@@ -36,8 +37,12 @@ def load_token(token_file: str | None = None) -> bytes | None:
             :data:`MIN_TOKEN_CHARS` characters.
     """
     if token_file is not None:
+        path = Path(token_file)
+        if path.exists() and (not path.is_file() or path.stat().st_size > MAX_TOKEN_FILE_BYTES):
+            raise UserInputError(f"--token-file {token_file}: not a small text file (a secret of at most "
+                                 f"{MAX_TOKEN_FILE_BYTES} bytes)")
         try:
-            text = Path(token_file).read_text(encoding="utf-8").strip()
+            text = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise UserInputError(f"--token-file {token_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
         where = f"--token-file {token_file}"

@@ -30,6 +30,13 @@ PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 8  # our messages nest 4 deep at most (MemberReport: object, list, list, number)
 MAX_NUMBER_CHARS = 40  # a float64 never needs more than ~25 characters
+# What one session may ask for; `coinfer run` checks its options against the same numbers before
+# anything starts (runner.api.check_limits).
+MAX_BATCH = 256
+MAX_TOKENS = 65536  # prompt tokens; decode steps likewise
+MAX_RUNS = 1000  # warm-up plus measured requests
+MAX_RTT_MS = 10_000.0
+MAX_TIMEOUT_S = 3600.0
 _HEADER = struct.Struct(">I")
 _HEX64 = r"^[0-9a-f]{64}$"
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -80,13 +87,13 @@ class OpenSession(_Msg):
     bounds: list[int] = Field(min_length=3, max_length=17, description="stage positions where ranks change hands")
     rank: int = Field(ge=1, le=15)
     wire_dtype: WireDtype
-    batch: int = Field(ge=1, le=256)
-    prompt_tokens: int = Field(ge=1, le=65536)
-    new_tokens: int = Field(ge=0, le=65536)
+    batch: int = Field(ge=1, le=MAX_BATCH)
+    prompt_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    new_tokens: int = Field(ge=0, le=MAX_TOKENS)
     has_mask: bool = False
-    runs: int = Field(ge=1, le=1000, description="warm-up plus measured requests")
-    rtt_ms: float = Field(ge=0, le=10_000)
-    timeout_s: float = Field(gt=0, le=3600)
+    runs: int = Field(ge=1, le=MAX_RUNS, description="warm-up plus measured requests")
+    rtt_ms: float = Field(ge=0, le=MAX_RTT_MS)
+    timeout_s: float = Field(gt=0, le=MAX_TIMEOUT_S)
     store: StoreAddress | None = Field(
         default=None, description="None: this member hosts the store; else it must be the requesting peer's own address")
     shard_sha256: str | None = Field(default=None, pattern=_HEX64,

@@ -136,3 +136,55 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     target.chmod(0o640)
     atomic_write_bytes(target, b"new")
     assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() == b"new"
+
+
+def test_a_document_that_would_not_load_back_is_not_written(tmp_path):
+    target = tmp_path / "p.json"
+    target.write_bytes(b"previous")
+    broken = profile()
+    broken.stages[1].prefill.median_ms = float("inf")  # assignment is not validated: like a computed overflow
+    with pytest.raises(UserInputError, match=r"p.json not written: the profile's stages.1.prefill.median_ms is not a "
+                                             r"finite number"):
+        write_json(broken, target)
+    wrong = profile()
+    wrong.stages[0].name = "block.7"
+    with pytest.raises(UserInputError, match=r"would not load back: \(root\): Value error, stages must be embed"):
+        write_json(wrong, target)
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"x": NaN}', "NaN is not a number coinfer reads"),
+    ('{"x": -Infinity}', "-Infinity is not a number"),
+    ('{"x": 1e400}', "1e400 is out of range"),
+    ('{"x": -1e999}', "out of range"),
+    ('{"x": ' + "9" * 41 + "}", "a number of 41 digits"),
+    ('{"x": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+])
+def test_files_hold_finite_numbers_of_sensible_length(tmp_path, text, message):
+    (tmp_path / "f.json").write_text(text)
+    with pytest.raises(SchemaError, match=message):
+        load_document(tmp_path / "f.json", Profile)
+
+
+def test_a_write_sweeps_temporaries_of_dead_writers_only(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    dead = tmp_path / f".out.json.{host}~999999999.abc.tmp"  # no such process
+    alive = tmp_path / f".out.json.{host}~{os.getppid()}.def.tmp"  # our parent: someone else writing
+    other = tmp_path / f".other.json.{host}~999999999.ghi.tmp"  # another file's business
+    for p in (dead, alive, other):
+        p.write_text("x")
+    atomic_write_bytes(tmp_path / "out.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", alive.name, other.name])
+
+
+def test_writability_is_probed_not_guessed(tmp_path):
+    with pytest.raises(UserInputError, match="cannot write -o /proc/x.json"):
+        check_writable("/proc/x.json", "-o")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserInputError, match="does not exist"):
+        check_writable(tmp_path / "file" / "x.json")
+    assert check_writable(tmp_path / "ok.json") == tmp_path / "ok.json"
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # the probe left nothing

@@ -55,7 +55,7 @@ def test_bad_rates(text, msg):
 
 def test_case_carries_meaning():
     assert parse_energy_j("1MJ") == 1e6 and parse_energy_j("1mJ") == 1e-3
-    assert parse_power_w("1MW") == 1e6 and parse_power_w("1mW") == 1e-3
+    assert parse_power_w("0.001MW") == 1e3 and parse_power_w("1mW") == 1e-3
     assert parse_frequency_hz("10kHz") == 1e4 and parse_frequency_hz("10MHz") == 1e7
     assert parse_frequency_hz("2.4GHz") == pytest.approx(2.4e9)
     assert parse_bytes("1MB") == 10**6 and parse_bytes("1MiB") == 2**20 and parse_bytes("1kB") == 1000
@@ -101,16 +101,21 @@ def test_ranges():
 # -- format -> parse round trips, for every unit of every kind ---------------------------------
 
 _UNITS = [(name, u) for name, kind in KINDS.items() for u in [*kind.units, *kind.decibels] if u or kind.allow_bare]
-_values = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
+_fractions = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, allow_infinity=False)
+
+
+def _in_range(kind, u: float) -> float:
+    """A value a fraction ``u`` of the way (log scale) through the kind's range, off its edges."""
+    lo, hi = kind.limits[0] * 1.01, kind.limits[1] / 1.01
+    return math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
 
 
 @pytest.mark.parametrize("kind_name, unit", _UNITS)
 @settings(max_examples=40, deadline=None)
-@given(x=_values)
-def test_format_parse_roundtrip_every_unit(kind_name, unit, x):
+@given(u=_fractions)
+def test_format_parse_roundtrip_every_unit(kind_name, unit, u):
     kind = KINDS[kind_name]
-    # A value of about x units, expressed in the home unit.
-    value = 10 ** (x / 1e8) * kind.decibels[unit] if unit in kind.decibels else x * kind.units[unit]
+    value = _in_range(kind, u)
     exact = parse(fmt(value, kind, unit, digits=None), kind, "--x")
     assert exact == pytest.approx(value, rel=1e-12)
     human = parse(fmt(value, kind, unit), kind, "--x")
@@ -119,9 +124,10 @@ def test_format_parse_roundtrip_every_unit(kind_name, unit, x):
 
 @pytest.mark.parametrize("kind_name", list(KINDS))
 @settings(max_examples=60, deadline=None)
-@given(x=_values)
-def test_automatic_unit_roundtrips(kind_name, x):
+@given(u=_fractions)
+def test_automatic_unit_roundtrips(kind_name, u):
     kind = KINDS[kind_name]
+    x = _in_range(kind, u)
     text = fmt(x, kind)
     assert parse(text, kind, "--x") == pytest.approx(x, rel=1e-3)
     assert parse(fmt(x, kind, digits=None), kind, "--x") == pytest.approx(x, rel=1e-12)
@@ -139,3 +145,25 @@ def test_every_kind_refuses_a_bare_number_unless_a_ratio():
 def test_fmt_rejects_a_foreign_unit():
     with pytest.raises(ValueError):
         fmt(1.0, units.RATE, "MHz")
+
+
+@pytest.mark.parametrize("parse_one, text", [
+    (parse_rate_bps, "1e-300bps"), (parse_rate_bps, "0.5bps"), (parse_rate_bps, "11Tbps"),
+    (parse_frequency_hz, "1e-300Hz"), (parse_frequency_hz, "2THz"),
+    (parse_power_w, "1e300dBm"), (parse_power_w, "61dBm"), (parse_power_w, "1.5kW"), (parse_power_w, "1e-12W"),
+    (parse_gain, "1e-300"), (parse_gain, "-301dB"), (parse_gain, "1e4"),
+    (parse_duration_ms, "1e300s"), (parse_duration_ms, "25h"),
+    (parse_energy_j, "2e9J"), (parse_bytes, "2e15B"), (parse_distance_m, "1e300km"),
+    (parse_noise_w_per_hz, "1e-40W/Hz"), (parse_scale, "1e300"),
+])
+def test_absurd_values_are_refused_in_one_line(parse_one, text):
+    with pytest.raises(UserInputError, match="outside") as info:
+        parse_one(text, "--x")
+    assert "\n" not in str(info.value) and str(info.value).startswith("--x ")
+
+
+def test_the_edges_of_each_range_are_accepted():
+    assert parse_rate_bps("1bps") == 1 and parse_rate_bps("10Tbps") == 1e13
+    assert parse_power_w("60dBm") == pytest.approx(1e3) and parse_power_w("-60dBm") == pytest.approx(1e-9)
+    assert parse_power_w("0W") == 0 and parse_duration_ms("0ms") == 0 and parse_duration_ms("24h") == 8.64e7
+    assert parse_gain("-300dB") == pytest.approx(1e-30) and parse_frequency_hz("1THz") == 1e12
