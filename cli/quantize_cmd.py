@@ -33,6 +33,7 @@ def quantize_cmd(
     export: str | None = typer.Option(None, "--export", help="folder for the shards of each precision and ratio"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --export folder"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's; 1 on a busy machine)"),
     seed: int = typer.Option(0, "--seed", help="seed of preset weights and of the timed prompt"),
     output: str = typer.Option("precision.json", "--output", "-o", help="precision report (JSON)"),
 ) -> None:
@@ -45,7 +46,7 @@ def quantize_cmd(
         model=model, precisions=list(parse_precisions(precision)), ratios=parse_ratios(ratios), split=split, scope=scope,
         group_size=group_size, importance=importance, calib=calib, eval_text=eval_text, eval_tokens=eval_tokens,
         eval_window=eval_window, quality=not no_quality, measure_speed=not no_speed, prefill_tokens=prefill_tokens,
-        repeats=repeats, export_dir=export, force=force, device=device, seed=seed, output=output,
+        repeats=repeats, export_dir=export, force=force, device=device, threads=threads, seed=seed, output=output,
     )
     _render(run_quantize(opts), output)
 

@@ -63,6 +63,8 @@ def run_cmd(
     server_profile: str = typer.Option(None, "--server-profile", help="the server's profile (default: the device's)"),
     prune_report: str = typer.Option(None, "--prune-report", help="run the shards 'coinfer prune' exported (sha256-checked)"),
     ratio: float = typer.Option(None, "--ratio", help="which pruning ratio of --prune-report"),
+    precision: str = typer.Option("fp32", "--precision", help="device shard weights: fp32, bf16, fp16, int8 or int4"),
+    engine: str = typer.Option("torch", "--engine", help="what runs the device shard: torch or onnxruntime"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -73,6 +75,7 @@ def run_cmd(
         batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, threads=threads,
         warmup=warmup, repeats=repeats, timeout_s=timeout_s, out=None if role == "server" else out, check=check,
         device_profile=device_profile, server_profile=server_profile, prune_report=prune_report, ratio=ratio,
+        precision=precision, engine=engine,
     )
     if role == "server":
         console.print("note: gloo has no authentication or encryption; listen on loopback or a trusted network only")
@@ -89,6 +92,7 @@ def _render(r: Any, out: str) -> None:
     console.print(
         f"[bold]{r.model.name}[/] ({r.model.family}, weights: {r.model.weights})  cut {r.cut} after {r.cut_name}  "
         f"wire {r.wire_dtype}  {r.mode}: {shaped}{rtt}"
+        + (f"  device {r.device_precision} on {r.device_engine}" if (r.device_precision, r.device_engine) != ("fp32", "torch") else "")
     )
     console.print("chain: " + "  ->  ".join(f"{m.role} ({m.stages})" for m in r.chain), markup=False)
     table = Table(title=f"measured vs predicted (ms; {r.prediction_source or 'no prediction'})")
@@ -113,7 +117,9 @@ def _render(r: Any, out: str) -> None:
     console.print(f"sent: prefill uplink {t.prefill_uplink_bytes:,} B{per}, downlink {t.downlink_bytes:,} B, total {t.total_bytes:,} B")
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"
-        console.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
+        ref = "the unsplit model" if r.shards is None and (r.device_precision, r.device_engine) == ("fp32", "torch") \
+            else "the same shards run in one process"
+        console.print(f"{what} identical to {ref}: {'yes' if r.matches_unsplit else 'NO'}")
     for note in r.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"wrote {out}")

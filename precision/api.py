@@ -39,6 +39,7 @@ class QuantizeOptions:
         export_dir: Export the device shards (and the server shard per ratio) here.
         force: Replace a non-empty export folder.
         device: cpu or cuda.
+        threads: torch intra-op threads (None: torch's default).
         output: Report path.
     """
 
@@ -60,6 +61,7 @@ class QuantizeOptions:
     export_dir: str | None = None
     force: bool = False
     device: str = "cpu"
+    threads: int | None = None
     output: str | None = None
     seed: int = 0
     round_to: int = 8
@@ -92,6 +94,8 @@ def validate(opts: QuantizeOptions) -> None:
         raise UserInputError(f"--importance {opts.importance!r}: expected {', '.join(IMPORTANCES)}")
     if opts.device not in DEVICES:
         raise UserInputError(f"--device {opts.device!r}: expected cpu or cuda")
+    if opts.threads is not None and opts.threads < 1:
+        raise UserInputError("--threads must be at least 1")
     if opts.prefill_tokens < 2 or opts.repeats < 1 or opts.eval_tokens < 2 or opts.eval_window < 2:
         raise UserInputError("--prefill-tokens, --eval-tokens and --eval-window must be at least 2, --repeats at least 1")
     if opts.export_dir is not None:

@@ -95,7 +95,7 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _shallow_copy(model: nn.Module) -> nn.Module:
+def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree sharing every parameter and buffer with ``model``."""
     memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return copy.deepcopy(model, memo)
@@ -115,7 +115,7 @@ def quantized_copy(adapter: FamilyAdapter, precision: str, scope: Scope, group_s
     if precision == "fp32":
         return Quantized(adapter, precision, None)
     group = check_group_size(group_size) if precision == "int4" else None
-    model = _shallow_copy(adapter.model)
+    model = shared_copy(adapter.model)
     ad = type(adapter)(model)
     out = Quantized(ad, precision, group)
     with torch.no_grad():

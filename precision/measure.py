@@ -121,6 +121,8 @@ def _scores(s: _Setup, texts: Texts) -> tuple[dict, CalibrationInfo | None]:
 
 def measure_all(opts: Any, texts: Texts) -> PrecisionReport:
     """See :func:`coinfer.precision.api.run_quantize`."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     load0 = _load_average()
     s, protocol = _load(opts, texts)
     scores, calib_info = _scores(s, texts)
