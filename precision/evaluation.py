@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,14 +158,20 @@ def perplexity_of(logprobs: list[torch.Tensor], windows: list[torch.Tensor]) -> 
     return math.exp(nll / n)
 
 
-@torch.no_grad()
 def quality(adapter: Any, windows: list[torch.Tensor], ref: Reference) -> Quality:
     """The figures of the module docstring for ``adapter``'s model against ``ref``."""
+    return quality_of(lambda ids: _forward(adapter, ids), windows, ref)
+
+
+@torch.no_grad()
+def quality_of(forward: Callable[[torch.Tensor], Any], windows: list[torch.Tensor], ref: Reference) -> Quality:
+    """The same figures for any ``forward`` from token ids to a head output (e.g. a chain of shards
+    whose last one computes logits at every position)."""
     num = den = kl = 0.0
     agree = positions = 0
     lps, cos = [], []
     for i, ids in enumerate(windows):
-        out = _forward(adapter, ids)
+        out = forward(ids)
         h, h0 = out.last_hidden_state.float(), ref.hidden[i]
         num += float((h - h0).double().pow(2).sum())
         den += float(h0.double().pow(2).sum())
