@@ -24,6 +24,7 @@ from coinfer.precision.modules import kernel_for
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.precision import LoadSample, PrecisionReport, PrecisionResult, Quality, StageLatency
 from coinfer.reports.prune import CalibrationInfo
+from coinfer.vocab import EMBED, HEAD, block_index
 
 REFERENCE = ("fp32", 0.0)
 
@@ -236,8 +237,9 @@ def _speed(s: _Setup, r: float, variants: dict[str, Quantized], results: dict[st
         got = samples[keys[p]]
         pm, dm = timing.medians_ms(got.prefill), timing.medians_ms(got.decode)
         res = results[p]
+        sizes = _stage_bytes(variants[p], names)
         res.stages = [
-            StageLatency(stage=n, prefill_ms=pm[i], decode_ms=dm[i] if dm else None,
+            StageLatency(stage=n, weight_bytes=sizes[i], prefill_ms=pm[i], decode_ms=dm[i] if dm else None,
                          prefill_speedup=_ratio(ref_p[i], pm[i]), decode_speedup=_ratio(ref_d[i], dm[i]) if dm else None)
             for i, n in enumerate(names)
         ]
@@ -245,6 +247,13 @@ def _speed(s: _Setup, r: float, variants: dict[str, Quantized], results: dict[st
         if dm:
             res.decode_ms, res.decode_speedup = sum(dm), _ratio(sum(ref_d), sum(dm))
         res.max_cv = timing.max_cv(got.prefill, got.decode)
+
+
+def _stage_bytes(q: Quantized, names: list[str]) -> list[int]:
+    """Weight bytes of each named stage of ``q``'s model (tied weights counted in each stage)."""
+    ad = q.adapter
+    mods = {EMBED: list(ad.embed_modules().values()), HEAD: list(ad.head_modules().values())}
+    return [q.weight_bytes(mods[n] if n in mods else [ad.blocks()[block_index(n)]]) for n in names]
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -131,10 +131,16 @@ def export_kv_graph(shard: Any, folder: Path, stem: str) -> dict[str, Path]:
 def quantize_graph(src: Path, folder: Path, stem: str, precision: str) -> dict[str, Path]:
     """ONNX Runtime's weight-only quantization of an exported graph into ``<stem>.onnx`` (+ data)."""
     import onnx
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    bits = 8 if precision == "int8" else 4
+    # Importing it configures the root logger at INFO (basicConfig): undo that, keep its own quiet.
+    root.setLevel(level)
+    root.handlers[:] = handlers
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    bits = 8 if precision == "int8" else 4
     model = onnx.load(str(src), load_external_data=True)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=ORT_BLOCK_SIZE, is_symmetric=bits == 8,
                              accuracy_level=ORT_ACCURACY_LEVEL)

@@ -58,6 +58,7 @@ class StageLatency(Schema):
     """One stage at one precision (x ratio): medians over interleaved repeats."""
 
     stage: str = Field(description="'embed', 'block.i' or 'head'")
+    weight_bytes: int | None = Field(default=None, ge=0, description="the stage's weights at this precision")
     prefill_ms: float = Field(ge=0)
     decode_ms: float | None = Field(default=None, ge=0, description="decoders: one token over the KV cache")
     prefill_speedup: float | None = Field(default=None, gt=0, description="fp32 unpruned median over this one")

@@ -61,6 +61,7 @@ def test_report_has_every_precision_and_ratio(llama_run):
     assert all(s.prefill_speedup == 1.0 and s.decode_speedup == 1.0 for s in ref.stages)
     assert [s.stage for s in int8.stages] == rep.timed_stages and all(s.decode_ms > 0 for s in int8.stages)
     assert int8.prefill_ms == pytest.approx(sum(s.prefill_ms for s in int8.stages))
+    assert [s.weight_bytes for s in int8.stages] == [101 * 64 * 4] + [int8.weight_bytes // 2] * 2  # embedding stays fp32
     # Scope weights: 2 blocks of q 64x64, k/v 32x64, o 64x64, gate/up 96x64, down 64x96, norms 2x64.
     mats = 64 * 64 * 2 + 32 * 64 * 2 + 96 * 64 * 3
     assert ref.weight_bytes == 2 * 4 * (mats + 128)
