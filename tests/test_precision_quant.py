@@ -46,21 +46,22 @@ def test_nibble_round_trip():
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
-@pytest.mark.parametrize("shape", [(96, 64), (101, 64), (50, 40)])
+@pytest.mark.parametrize("shape", [(96, 64, 3), (101, 64, 3), (50, 40, 3), (96, 64, 40)])
 def test_module_equals_x_times_dequantized_weight(precision, shape):
-    # (101, 64) and (50, 40) exercise the kernels' padding (int4 output rows, int8 input width).
-    n, k = shape
+    # (101, 64) and (50, 40) exercise the kernels' padding (int4 output rows, int8 input width);
+    # 2 x 40 = 80 rows take int8's dequantize-then-GEMM path.
+    n, k, t = shape
     g = torch.Generator().manual_seed(n + k)
     lin = torch.nn.Linear(k, n)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(n, k, generator=g) * 0.1)
         lin.bias.copy_(torch.randn(n, generator=g))
     m = qm.from_linear(lin, precision)
-    x = torch.randn(2, 3, k, generator=g)
+    x = torch.randn(2, t, k, generator=g)
     with torch.no_grad():
         y = m(x)
     ref = (x @ m.dequantized_weight().T + lin.bias).detach()
-    assert y.dtype == torch.float32 and y.shape == (2, 3, n)
+    assert y.dtype == torch.float32 and y.shape == (2, t, n)
     # bf16 activations and output: relative error about 2^-8.
     assert float((y - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
     werr = float((m.dequantized_weight() - lin.weight.detach()).abs().max() / lin.weight.detach().abs().max())
