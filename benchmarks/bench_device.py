@@ -67,56 +67,23 @@ def _copy_bandwidth_gbs() -> float:
 
 
 class Variant:
-    """One way to run the device shard: a prefill and a decode step (state restored after it)."""
+    """One way to run the device shard, with what the report says about it."""
 
     def __init__(self, engine: str, precision: str, shard, kernel: str, weight_bytes: int | None):
+        from coinfer.precision.timing import WholeShard
+
         self.engine, self.precision, self.shard, self.kernel, self.weight_bytes = engine, precision, shard, kernel, weight_bytes
-        self.state = None
+        self.timed = WholeShard(self.key, shard, engine)
 
     @property
     def key(self) -> str:
         return f"{self.engine}/{self.precision}"
 
-    def prefill(self, prompt) -> None:
-        self.state = self.shard.new_state()
-        self.shard(prompt, self.state)
-
-    def decode(self, tok, context: int) -> None:
-        st = self.state
-        if self.engine == "torch":
-            self.shard(tok, st)
-            st.cache.crop(-1)  # back to the prompt: every step sees the same context
-        else:
-            saved = st.past
-            self.shard(tok, st)
-            st.past = saved
-        st.past_length = context
-
 
 def _interleave(variants: list[Variant], prompt, repeats: int) -> dict[str, dict]:
-    import gc
+    from coinfer.precision.timing import time_whole
 
-    import torch
-
-    tok, context = prompt[:, -1:], prompt.shape[1]
-    samples = {v.key: {"prefill": [], "decode": []} for v in variants}
-    gc.disable()
-    try:
-        with torch.no_grad():
-            for r in range(repeats + 2):
-                k = r % len(variants)
-                for v in variants[k:] + variants[:k]:
-                    t0 = time.perf_counter()
-                    v.prefill(prompt)
-                    t1 = time.perf_counter()
-                    v.decode(tok, context)
-                    t2 = time.perf_counter()
-                    if r >= 2:
-                        samples[v.key]["prefill"].append((t1 - t0) * 1e3)
-                        samples[v.key]["decode"].append((t2 - t1) * 1e3)
-    finally:
-        gc.enable()
-    return samples
+    return time_whole([v.timed for v in variants], prompt, repeats)
 
 
 def _summary(s: list[float]) -> dict:

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from coinfer.cli.app import app, console
 
+_ENG = {"torch": "pt", "onnxruntime": "ort"}
+
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
@@ -33,6 +35,7 @@ def quantize_cmd(
     export: str | None = typer.Option(None, "--export", help="folder for the shards of each precision and ratio"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --export folder"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    engine: str = typer.Option("torch", "--engine", help="torch, onnxruntime or both (comma-separated)"),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's; 1 on a busy machine)"),
     seed: int = typer.Option(0, "--seed", help="seed of preset weights and of the timed prompt"),
     output: str = typer.Option("precision.json", "--output", "-o", help="precision report (JSON)"),
@@ -46,7 +49,8 @@ def quantize_cmd(
         model=model, precisions=list(parse_precisions(precision)), ratios=parse_ratios(ratios), split=split, scope=scope,
         group_size=group_size, importance=importance, calib=calib, eval_text=eval_text, eval_tokens=eval_tokens,
         eval_window=eval_window, quality=not no_quality, measure_speed=not no_speed, prefill_tokens=prefill_tokens,
-        repeats=repeats, export_dir=export, force=force, device=device, threads=threads, seed=seed, output=output,
+        repeats=repeats, export_dir=export, force=force, device=device, threads=threads,
+        engines=[e.strip() for e in engine.split(",") if e.strip()], seed=seed, output=output,
     )
     _render(run_quantize(opts), output)
 
@@ -58,20 +62,21 @@ def _render(rep, output: str) -> None:  # noqa: ANN001
                   f"scope={rep.scope}{where}, int4 groups of {rep.group_size}")
     table = Table(title="weight precision of the scope: speed against fp32 unpruned (interleaved) and quality",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    cols = ["prec", "ratio", "MB", "prefill", "x", "decode", "x ", "ppl x", "KL", "top-1"]
+    cols = ["prec", "eng", "ratio", "MB", "prefill", "x", "decode", "x ", "ppl x", "KL", "top-1"]
     if not m.is_decoder:
-        cols = ["prec", "ratio", "MB", "prefill", "x", "cos"]
-    table.caption = ("MB: scope weights; prefill/decode: ms (sum of stage medians), x: speed-up over fp32 unpruned; "
+        cols = ["prec", "eng", "ratio", "MB", "prefill", "x", "cos"]
+    table.caption = ("eng: pt torch (sum of per-stage medians), ort onnxruntime (whole shard); MB: scope weights; "
+                     "prefill/decode: ms; x: speed-up over torch fp32 unpruned; "
                      + ("ppl x: perplexity over fp32's; KL: next-token nats; top-1: argmax agreement"
                         if m.is_decoder else "cos: pooled-embedding cosine to fp32"))
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
     for r in rep.results:
         if not r.supported:
-            table.add_row(r.precision, f"{r.pruning_ratio:g}", *["-"] * (len(cols) - 2))
+            table.add_row(r.precision, _ENG[r.engine], f"{r.pruning_ratio:g}", *["-"] * (len(cols) - 3))
             continue
         q = r.quality
-        row = [r.precision, f"{r.pruning_ratio:g}", _f(r.weight_bytes / 1e6 if r.weight_bytes else None, ".1f"),
+        row = [r.precision, _ENG[r.engine], f"{r.pruning_ratio:g}", _f(r.weight_bytes / 1e6 if r.weight_bytes else None, ".1f"),
                _f(r.prefill_ms, ".2f"), _f(r.prefill_speedup, ".2f")]
         if m.is_decoder:
             row += [_f(r.decode_ms, ".2f"), _f(r.decode_speedup, ".2f"), _f(q.perplexity_ratio if q else None, ".3f"),
@@ -82,7 +87,7 @@ def _render(rep, output: str) -> None:  # noqa: ANN001
     console.print(table)
     for r in rep.results:
         if not r.supported:
-            console.print(f"{r.precision}: not run: {r.unsupported_reason}", markup=False, highlight=False)
+            console.print(f"{r.precision} on {r.engine}: not run: {r.unsupported_reason}", markup=False, highlight=False)
     if rep.protocol is not None:
         console.print(f"quality protocol: {rep.protocol.describe()}", markup=False, highlight=False)
         if rep.reference_perplexity is not None:

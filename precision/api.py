@@ -9,7 +9,7 @@ from typing import Any
 
 from coinfer.errors import UserInputError
 from coinfer.precision.quant import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES
-from coinfer.vocab import WEIGHT_PRECISIONS
+from coinfer.vocab import WEIGHT_PRECISIONS, check_engine
 
 SCOPES = ("all", "device")
 DEVICES = ("cpu", "cuda")
@@ -39,6 +39,7 @@ class QuantizeOptions:
         export_dir: Export the device shards (and the server shard per ratio) here.
         force: Replace a non-empty export folder.
         device: cpu or cuda.
+        engines: ``torch`` (per-stage rows) and/or ``onnxruntime`` (whole device shard, scope device).
         threads: torch intra-op threads (None: torch's default).
         output: Report path.
     """
@@ -61,6 +62,7 @@ class QuantizeOptions:
     export_dir: str | None = None
     force: bool = False
     device: str = "cpu"
+    engines: list[str] = field(default_factory=lambda: ["torch"])
     threads: int | None = None
     output: str | None = None
     seed: int = 0
@@ -92,6 +94,10 @@ def validate(opts: QuantizeOptions) -> None:
         raise UserInputError(f"--group-size {opts.group_size}: expected one of {', '.join(map(str, INT4_GROUP_SIZES))}")
     if any(r > 0 for r in opts.ratios) and opts.importance not in IMPORTANCES:
         raise UserInputError(f"--importance {opts.importance!r}: expected {', '.join(IMPORTANCES)}")
+    if not opts.engines:
+        raise UserInputError("--engine: give torch, onnxruntime or both")
+    for e in opts.engines:
+        check_engine(e)
     if opts.device not in DEVICES:
         raise UserInputError(f"--device {opts.device!r}: expected cpu or cuda")
     if opts.threads is not None and opts.threads < 1:

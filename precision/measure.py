@@ -187,7 +187,7 @@ def _measure_ratio(s: _Setup, r: float, scores: dict, export_root: Path | None) 
     base = s.ad0 if r == 0 else prune_copy(s.loaded, r, scores, list(s.scope.blocks), opts.round_to)[0]
     variants: dict[str, Quantized] = {}
     results: dict[str, PrecisionResult] = {}
-    for p in opts.precisions:
+    for p in (opts.precisions if "torch" in opts.engines else []):
         try:
             kernel = kernel_for(p, opts.device)
         except DeviceUnavailableError as exc:
@@ -205,7 +205,12 @@ def _measure_ratio(s: _Setup, r: float, scores: dict, export_root: Path | None) 
             res.quality = _perfect(s.ref) if (p, r) == REFERENCE else evaluation.quality(q.adapter, s.windows, s.ref)
         if export_root is not None:
             res.shards = export_variant(q, s.loaded, opts.split, r, export_root, opts.scope)
-    return [results[p] for p in opts.precisions]
+    out = [results[p] for p in opts.precisions] if "torch" in opts.engines else []
+    if "onnxruntime" in opts.engines:
+        from coinfer.precision.measure_ort import ort_results
+
+        out += ort_results(s, r, base, export_root)
+    return out
 
 
 def _scope_bytes(q: Quantized, scope: Scope) -> int:

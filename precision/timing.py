@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,3 +129,55 @@ def max_cv(*groups: list[list[float]]) -> float:
     """The largest coefficient of variation among the stages' samples."""
     cvs = [statistics.pstdev(s) / statistics.mean(s) for g in groups for s in g if len(s) > 1 and statistics.mean(s) > 0]
     return max(cvs, default=0.0)
+
+
+class WholeShard:
+    """A shard timed as one call (torch or ONNX Runtime): a prefill that writes the KV cache, then
+    one decode step over it, after which the cache is put back to the prompt's length."""
+
+    def __init__(self, key: Any, shard: Any, engine: str = "torch") -> None:
+        self.key, self.shard, self.engine = key, shard, engine
+        self.state: Any = None
+
+    def prefill(self, prompt: torch.Tensor) -> None:
+        self.state = self.shard.new_state()
+        self.shard(prompt, self.state)
+
+    def decode(self, tok: torch.Tensor, context: int) -> None:
+        st = self.state
+        if self.engine == "torch":
+            self.shard(tok, st)
+            st.cache.crop(-1)  # back to the prompt: every step sees the same context
+        else:
+            saved = st.past
+            self.shard(tok, st)
+            st.past = saved
+        st.past_length = context
+
+
+@torch.no_grad()
+def time_whole(shards: list[WholeShard], prompt: torch.Tensor, repeats: int, decode: bool = True,
+               warmup: int = 2) -> dict[Any, dict[str, list[float]]]:
+    """Prefill (and decode-step) samples in ms of whole shards, interleaved with a rotating order."""
+    tok, context = prompt[:, -1:], prompt.shape[1]
+    out: dict[Any, dict[str, list[float]]] = {w.key: {"prefill": [], "decode": []} for w in shards}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(warmup + repeats):
+            k = r % len(shards)
+            for w in shards[k:] + shards[:k]:
+                t0 = time.perf_counter()
+                w.prefill(prompt)
+                t1 = time.perf_counter()
+                if decode:
+                    w.decode(tok, context)
+                t2 = time.perf_counter()
+                if r >= warmup:
+                    out[w.key]["prefill"].append((t1 - t0) * 1e3)
+                    if decode:
+                        out[w.key]["decode"].append((t2 - t1) * 1e3)
+    finally:
+        if gc_was:
+            gc.enable()
+    return out

@@ -89,6 +89,19 @@ def test_exported_shards_match_the_report(llama_run):
     assert shard.adapter.mlp_channels(0) == 48 and shard.adapter.attention_heads(0) == (2, 2)
 
 
+def test_onnxruntime_rows(folders, tmp_path):
+    rep, exp = tmp_path / "o.json", tmp_path / "o"
+    assert main(["quantize", "--model", str(folders["llama"]), "--precision", "bf16,int8", "--engine", "onnxruntime",
+                 "--split", "2", "--scope", "device", "--eval-text", str(folders["eval"]), "--export", str(exp),
+                 "-o", str(rep), *QUICK]) == 0
+    bf16, int8 = load_document(rep, PrecisionReport).results
+    assert (bf16.engine, bf16.supported) == ("onnxruntime", False) and "bf16" in bf16.unsupported_reason
+    assert int8.engine == "onnxruntime" and int8.stages == [] and int8.decode_ms > 0 and "MatMulNBits 8-bit" in int8.kernel
+    assert 0 < int8.quality.kl_next_token_nats < 0.05
+    assert {f.format for f in int8.shards} == {"onnx", "onnx-data"}
+    assert all(file_sha256(exp / f.path) == f.sha256 for f in int8.shards)
+
+
 def test_encoder_reports_cosine(folders, tmp_path):
     rep = tmp_path / "b.json"
     assert main(["quantize", "--model", str(folders["bert"]), "--precision", "int8", "--eval-text", str(folders["eval"]),
