@@ -163,7 +163,7 @@ def _notes(s: _Setup) -> list[str]:
     ad0 = s.ad0
     if ad0.family == "gpt2":
         notes.append("gpt2: fused Conv1D attention converted to separate q/k/v Linear projections (same numbers)")
-    if s.scope.head:
+    if s.scope.head and ad0.head_linears():
         notes.append("the LM head is quantized with the blocks; the embedding lookup stays fp32")
     notes.append("weight-only: int8/int4/bf16 matrices read bf16 activations (cast in, output cast back); norms, "
                  "attention softmax, residual stream and KV cache stay fp32")
