@@ -117,6 +117,8 @@ def export_kv_graph(shard: Any, folder: Path, stem: str) -> dict[str, Path]:
     past = torch.export.Dim("past", min=1, max=limit - 1 if limit else None)
     shapes = ({1: seq}, tuple({2: past} for _ in range(2 * len(blocks))))
     path = folder / f"{stem}.onnx"
+    # The exporter logs a line per torchvision op it cannot register (torchvision is not a dependency).
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(_KVGraph(shard, blocks).eval(), _example(shard, blocks), dynamo=True, input_names=inp,
