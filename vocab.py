@@ -6,6 +6,8 @@ and a run join on these names, so they must come from one place.
 * Stages of a model of ``L`` blocks, in order: ``embed``, ``block.0`` .. ``block.{L-1}``, ``head``.
 * Cut ``c`` = stages on the device, 0..L+2; its name is the last device stage, or ``server-only``.
 * The activation crosses a cut as ``fp32``, ``fp16`` or ``int8`` (:data:`WIRE_DTYPES`).
+* Device weights are stored in one of :data:`WEIGHT_PRECISIONS`; a device shard runs on one of
+  :data:`ENGINES`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ _BLOCK_PREFIX = "block."
 StageKind = Literal["embed", "block", "head"]
 WireDtype = Literal["fp32", "fp16", "int8"]
 WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
+# Weight precision of a (device) shard's matrices: floating point, or weight-only integers with
+# floating-point activations (int8 per output channel, int4 group-wise).
+WeightPrecision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
+WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
+Engine = Literal["torch", "onnxruntime"]
+ENGINES: tuple[Engine, ...] = ("torch", "onnxruntime")
 
 
 def block_name(index: int) -> str:
@@ -59,6 +67,44 @@ def check_wire_dtype(value: str) -> WireDtype:
     """
     if value not in WIRE_DTYPES:
         raise UserInputError(f"--wire-dtype {value!r}: expected fp32, fp16 or int8")
+    return value  # type: ignore[return-value]
+
+
+def check_precision(value: str, option: str = "--precision") -> WeightPrecision:
+    """``value`` when it is a weight precision.
+
+    Raises:
+        UserInputError: Anything else, naming ``option`` and the choices.
+    """
+    if value not in WEIGHT_PRECISIONS:
+        raise UserInputError(f"{option} {value!r}: expected one of {', '.join(WEIGHT_PRECISIONS)}")
+    return value  # type: ignore[return-value]
+
+
+def parse_precisions(text: str, option: str = "--precision") -> list[WeightPrecision]:
+    """``fp32,int8`` as a list of weight precisions, order kept, duplicates dropped.
+
+    Raises:
+        UserInputError: An unknown name, or none at all.
+    """
+    out: list[WeightPrecision] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name and check_precision(name, option) not in out:
+            out.append(name)  # type: ignore[arg-type]
+    if not out:
+        raise UserInputError(f"{option}: give at least one of {', '.join(WEIGHT_PRECISIONS)}")
+    return out
+
+
+def check_engine(value: str, option: str = "--engine") -> Engine:
+    """``value`` when it is an engine name (torch or onnxruntime).
+
+    Raises:
+        UserInputError: Anything else.
+    """
+    if value not in ENGINES:
+        raise UserInputError(f"{option} {value!r}: expected {' or '.join(ENGINES)}")
     return value  # type: ignore[return-value]
 
 

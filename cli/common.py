@@ -27,6 +27,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
+from coinfer import vocab
 from coinfer.cli.app import app, console, err_console
 from coinfer.vocab import (  # noqa: F401  (re-exported)
     DEFAULT_DECODE_STEPS,
@@ -66,12 +67,10 @@ class Dtype(StrEnum):
     bf16 = "bf16"
 
 
-class WireDtype(StrEnum):
-    """The activation's dtype on the link."""
-
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
+# Choices shown as choices in --help, built from their one home in coinfer.vocab.
+WireDtype = StrEnum("WireDtype", {d: d for d in vocab.WIRE_DTYPES})  # the activation's dtype on the link
+Precision = StrEnum("Precision", {p: p for p in vocab.WEIGHT_PRECISIONS})  # the device shard's weights
+EngineName = StrEnum("EngineName", {e: e for e in vocab.ENGINES})  # what runs the device shard
 
 
 # -- old spellings ------------------------------------------------------------------------------

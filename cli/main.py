@@ -20,6 +20,7 @@ from coinfer.cli import (  # noqa: E402
     plan_cmd,
     profile_cmd,
     prune_cmd,
+    quantize_cmd,
     report_cmd,
     run_cmd,
     trace_cmd,
@@ -33,8 +34,10 @@ except ImportError:  # pragma: no cover - older typer on click
     from click.exceptions import ClickException, NoArgsIsHelpError
 from typer import Abort  # noqa: E402
 
-COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd, trace_cmd)
-COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace")
+COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd, trace_cmd,
+                   quantize_cmd)
+COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace",
+            "quantize")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM

@@ -18,7 +18,9 @@ from coinfer.cli.common import (
     MODEL,
     OUTPUT,
     ROLES,
+    EngineName,
     Output,
+    Precision,
     Renamed,
     WireDtype,
     check_outputs,
@@ -134,6 +136,10 @@ def run_cmd(
              "required to listen beyond loopback"),
     max_sessions: int = typer.Option(1, "--max-sessions", min=1, rich_help_panel=ROLES,
                                      help="--role server: devices served at the same time; more get 'busy'"),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", rich_help_panel=MODEL,
+                                        help="the device shard's weights (weight-only int8/int4: bf16 activations)"),
+    engine: EngineName = typer.Option(EngineName.torch, "--engine", rich_help_panel=MODEL,
+                                      help="what runs the device shard"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -161,6 +167,7 @@ def run_cmd(
         out=None if role == Role.server else output, check=check, device_profile=device_profile,
         server_profile=server_profile, prune_report=prune_report, ratio=ratio,
         token_file=token_file, max_sessions=max_sessions,
+        precision=precision.value, engine=engine.value,
     )
     if role == Role.server:
         def server_log(ev: dict[str, Any]) -> None:
@@ -198,9 +205,11 @@ def render(r: Any, out: Output) -> None:
     shaped = f"{fmt_rate(link.rate_bps)} (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
     steps = f" + {r.decode_steps} decode steps" if r.model.is_decoder else ""
+    dev = (f"  device {r.device_precision} on {r.device_engine}"
+           if (r.device_precision, r.device_engine) != ("fp32", "torch") else "")
     out.print(
         f"[bold]{r.model.name}[/] ({r.model.family}, weights: {r.model.weights_label})  cut {r.cut} after {r.cut_name}  "
-        f"wire {r.wire_dtype}  {r.prompt_tokens} prompt tokens{steps}  {r.mode}: {shaped}{rtt}"
+        f"wire {r.wire_dtype}  {r.prompt_tokens} prompt tokens{steps}  {r.mode}: {shaped}{rtt}{dev}"
     )
     out.print("chain: " + "  ->  ".join(f"{m.role} ({m.stages})" for m in r.chain), markup=False)
     table = Table(title=f"measured vs predicted (ms; {r.prediction_source or 'no prediction'})")
@@ -225,5 +234,7 @@ def render(r: Any, out: Output) -> None:
     out.print(f"sent: prefill uplink {t.prefill_uplink_bytes:,} B{per}, downlink {t.downlink_bytes:,} B, total {t.total_bytes:,} B")
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"
-        out.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
+        ref = "the unsplit model" if r.shards is None and (r.device_precision, r.device_engine) == ("fp32", "torch") \
+            else "the same shards run in one process"
+        out.print(f"{what} identical to {ref}: {'yes' if r.matches_unsplit else 'NO'}")
     out.notes(r.notes)

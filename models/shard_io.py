@@ -28,7 +28,7 @@ from typing import Any
 
 from coinfer.errors import IntegrityError, UserInputError
 from coinfer.reports.io import atomic_write_bytes, parse_document, parse_json_text, write_json
-from coinfer.reports.prune import ShardBlockShape, ShardConfig
+from coinfer.reports.prune import ShardBlockShape, ShardConfig, ShardQuantization
 from coinfer.vocab import max_positions
 
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -152,8 +152,9 @@ def check_onnx_external_data(path: Path, data_name: str) -> None:
 
 
 # -- export ---------------------------------------------------------------------------------
-def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, requested_ratio: float, scope: str) -> dict[str, Path]:
-    """Write ``<role>.safetensors`` and ``<role>.json`` for a shard into ``folder``.
+def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, requested_ratio: float, scope: str,
+                       stem: str | None = None, quantization: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` for a shard into ``folder``.
 
     Args:
         shard: A :class:`~coinfer.models.shards.Shard`.
@@ -162,6 +163,9 @@ def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, re
         identity: The original model's :class:`~coinfer.reports.common.ModelIdentity`.
         requested_ratio: The pruning ratio the shard was made with (0 for unpruned).
         scope: ``all`` or ``device``.
+        stem: File name without suffix (default: the role).
+        quantization: A :class:`~coinfer.reports.prune.ShardQuantization` as a dict when the
+            shard's matrices are quantized (its modules are then rebuilt empty before loading).
 
     Returns:
         ``{"safetensors": path, "json": path}``.
@@ -172,8 +176,10 @@ def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, re
     ad = shard.adapter
     tensors = {k: v.detach().contiguous().clone() for k, v in shard.hf_state_dict().items()}
     blob = save(tensors, metadata={"format": "pt", "coinfer_role": role})
-    wpath = atomic_write_bytes(folder / f"{role}.safetensors", blob)
+    stem = stem or role
+    wpath = atomic_write_bytes(folder / f"{stem}.safetensors", blob)
     dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
+    quant = ShardQuantization.model_validate(quantization) if quantization else None
     cfg = ShardConfig(
         role=role,  # type: ignore[arg-type]
         model=identity,
@@ -186,13 +192,14 @@ def export_safetensors(shard: Any, folder: Path, role: str, identity: Any, *, re
         blocks={str(i): ShardBlockShape(**ad.block_shape(i)) for i in shard.block_indices},
         requested_ratio=requested_ratio,
         scope=scope,  # type: ignore[arg-type]
-        dtype=_DTYPES.get(str(dtype).removeprefix("torch."), str(dtype)),
+        dtype=quant.precision if quant else _DTYPES.get(str(dtype).removeprefix("torch."), str(dtype)),
+        quantization=quant,
         weights_file=wpath.name,
         weights_sha256=hashlib.sha256(blob).hexdigest(),
         weights_size_bytes=len(blob),
         tensor_shapes={k: list(v.shape) for k, v in tensors.items()},
     )
-    jpath = write_json(cfg, folder / f"{role}.json")
+    jpath = write_json(cfg, folder / f"{stem}.json")
     return {"safetensors": wpath, "json": jpath}
 
 
@@ -335,6 +342,11 @@ def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation
     ad = loaded.adapter
     ad.apply_layout(cfg.module_layout)
     model = loaded.model
+    if cfg.quantization is not None:
+        # Weight-only modules are rebuilt empty at their recorded shapes, then loaded below.
+        from coinfer.precision.apply import install_empty
+
+        install_empty(model, {k: v.model_dump() for k, v in cfg.quantization.modules.items()})
     for name, t in tensors.items():
         owner, attr = name.rsplit(".", 1)
         mod = model.get_submodule(owner)

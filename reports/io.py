@@ -12,7 +12,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -352,11 +352,14 @@ def parse_document(data: Any, path: str | os.PathLike[str], cls: type[T]) -> T:
     if found_kind != kind:
         what = f"a {found_kind!r} file" if found_kind else "not a coinfer file (no 'kind')"
         raise SchemaError(f"{path}: expected a {kind!r} file, found {what}")
+    # A schema reads every version its ``schema_version`` literal names (older files it still
+    # understands) and writes the default, the newest.
+    readable = get_args(cls.model_fields["schema_version"].annotation) or (version,)
     found_version = data.get("schema_version")
-    if found_version != version:
+    if found_version not in readable or isinstance(found_version, bool):
         raise SchemaError(
             f"{path}: {kind} schema version {found_version!r} is not supported "
-            f"(this coinfer reads version {version})"
+            f"(this coinfer reads version {', '.join(map(str, readable))})"
         )
     try:
         return cls.model_validate(data)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
+from coinfer.vocab import WeightPrecision
 
 
 class BlockPruning(Schema):
@@ -163,11 +164,32 @@ class ShardBlockShape(Schema):
     mlp_channels: int = Field(ge=1)
 
 
+class QuantizedModule(Schema):
+    """A matrix stored at a weight-only precision (see :mod:`coinfer.precision.quant` for the formats)."""
+
+    precision: WeightPrecision
+    in_features: int = Field(ge=1)
+    out_features: int = Field(ge=1)
+    bias: bool
+    group_size: int | None = Field(default=None, description="int4: input columns per (scale, zero)")
+
+
+class ShardQuantization(Schema):
+    """The weight precision of a shard's matrices; embeddings and norms stay fp32."""
+
+    precision: WeightPrecision
+    group_size: int | None = None
+    activation_dtype: str = Field(default="bf16", description="what the matmuls read; inputs are cast to it and outputs back")
+    modules: dict[str, QuantizedModule] = Field(description="module path in the model -> its stored shape")
+
+
 class ShardConfig(Document):
     """Everything needed to rebuild an exported shard exactly (no pickles: weights are safetensors)."""
 
     kind: Literal["shard_config"] = "shard_config"
-    schema_version: Literal[1] = 1
+    # History: 1 - fp32 (possibly pruned) shards; 2 - adds ``quantization`` (weight-only
+    # precisions). Version 1 files are still read (they have no quantization).
+    schema_version: Literal[1, 2] = 2
     role: Literal["device", "server"]
     model: ModelIdentity
     hf_config: dict = Field(description="the transformers config (unpruned architecture)")
@@ -179,7 +201,8 @@ class ShardConfig(Document):
     blocks: dict[str, ShardBlockShape] = Field(description="block index -> pruned shape")
     requested_ratio: float = Field(ge=0, lt=1)
     scope: Literal["all", "device"]
-    dtype: str
+    dtype: str = Field(description="floating dtype of the tensors, or the precision of the quantized matrices")
+    quantization: ShardQuantization | None = Field(default=None, description="set when the matrices are quantized")
     weights_file: str
     weights_sha256: str
     weights_size_bytes: int = Field(ge=0)

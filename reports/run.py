@@ -8,7 +8,7 @@ from pydantic import Field
 
 from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 from coinfer.reports.plan import InputFile
-from coinfer.vocab import WireDtype
+from coinfer.vocab import Engine, WeightPrecision, WireDtype
 
 
 class Measured(Schema):
@@ -111,4 +111,6 @@ class RunResult(Document):
         description="output identical to the unsplit model (exported shards: to the same shards in one process)",
     )
     max_abs_diff: float | None = Field(default=None, ge=0, description="encoders: max |split - unsplit|")
+    device_precision: WeightPrecision = Field(default="fp32", description="weight precision of the device shard's matrices")
+    device_engine: Engine = Field(default="torch", description="what ran the device shard")
     notes: list[str] = Field(default_factory=list)

@@ -20,6 +20,8 @@ from coinfer.runner.predict import Prediction
 from coinfer.vocab import (
     DEFAULT_DECODE_STEPS,
     DEFAULT_PROMPT_TOKENS,
+    check_engine,
+    check_precision,
     check_wire_dtype,
     cut_name,
     max_positions,
@@ -60,6 +62,8 @@ class RunOptions:
     ratio: float | None = None
     token_file: str | None = None
     max_sessions: int = 1
+    precision: str = "fp32"
+    engine: str = "torch"
 
 
 
@@ -146,7 +150,8 @@ def run_device(*, model: str, seed: int, loaded: Any = None, **kw: Any) -> Devic
 def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], input_ids: list[list[int]],
                 attention_mask: list[list[int]] | None, new_tokens: int, wire_dtype: str, runs: int,
                 rtt_ms: float, timeout_s: float, threads: int, check: bool,
-                shards: dict[str, list[str]] | None = None, token_file: str | None = None) -> DeviceOutcome:
+                shards: dict[str, list[str]] | None = None, token_file: str | None = None,
+                precision: str = "fp32", engine: str = "torch") -> DeviceOutcome:
     import torch
 
     from coinfer.runner.auth import load_token
@@ -160,12 +165,16 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
         from coinfer.models.shard_io import load_shard
 
         dev_shard = load_shard(*shards["device"])
+    variant = _device_variant(loaded, bounds, dev_shard, precision, engine, threads)
+    if variant is not None:
+        dev_shard = variant.shard
     run = run_device_session(loaded, bounds, [(str(h), int(p)) for h, p in members], ids, mask, new_tokens,
                              wire_dtype, runs, rtt_ms, timeout_s, device_shard=dev_shard,
                              server_shard_sha256=shards["server"][1] if shards else None,
                              token=load_token(token_file))
     out = run.records[0].output
-    matches, diff = _check_output(loaded, out, ids, mask, new_tokens, dev_shard, shards) if check else (None, None)
+    matches, diff = (_check_output(loaded, out, ids, mask, new_tokens, dev_shard, shards, bounds[1] if variant else None)
+                     if check else (None, None))
     return DeviceOutcome(
         identity=loaded.identity,
         records=[RequestRecord(compute_ms=r.compute_ms, end_to_end_ms=r.end_to_end_ms, sent_bytes=r.sent_bytes)
@@ -174,15 +183,29 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
         tokens=out.tolist() if loaded.is_decoder else None,
         matches_unsplit=matches,
         max_abs_diff=diff,
+        notes=variant.notes if variant is not None else [],
     )
 
 
+def _device_variant(loaded: Any, bounds: list[int], dev_shard: Any, precision: str, engine: str, threads: int) -> Any:
+    """The device shard at ``precision`` on ``engine`` (None: the fp32 torch shard as it is)."""
+    if precision == "fp32" and engine == "torch":
+        return None
+    if bounds[1] == 0:
+        raise UserInputError("--precision/--engine change the device shard, and cut 0 leaves the device nothing to run")
+    from coinfer.models.shards import shard_range
+    from coinfer.precision.runtime import device_variant
+
+    return device_variant(dev_shard if dev_shard is not None else shard_range(loaded, 0, bounds[1]), precision, engine, threads)
+
+
 def _check_output(loaded: Any, out: Any, ids: Any, mask: Any, new_tokens: int, dev_shard: Any,
-                  shards: dict[str, list[str]] | None) -> tuple[bool, float | None]:
+                  shards: dict[str, list[str]] | None, variant_cut: int | None = None) -> tuple[bool, float | None]:
     """(identical to the reference, encoders' max |difference|) for the split run's output.
 
-    Exported shards are checked against themselves run in one process (pruning changes the
-    output on purpose); otherwise the reference is the unsplit model.
+    Exported shards, and a device shard at another precision or engine (``variant_cut``), are
+    checked against the same shards run in one process (they change the output on purpose);
+    otherwise the reference is the unsplit model.
     """
     import torch
 
@@ -194,6 +217,8 @@ def _check_output(loaded: Any, out: Any, ids: Any, mask: Any, new_tokens: int, d
             from coinfer.models.shard_io import load_shard
 
             whole_chain = [dev_shard, load_shard(*shards["server"])]
+        elif variant_cut is not None:
+            whole_chain = [dev_shard, shard_range(loaded, variant_cut, loaded.adapter.num_blocks + 2)]
         else:
             whole_chain = [shard_range(loaded, 0, loaded.adapter.num_blocks + 2)]
         if loaded.is_decoder:
@@ -399,7 +424,7 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     request = dict(bounds=s.bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
                    new_tokens=s.new_tokens, wire_dtype=s.wire_dtype, runs=opts.warmup + opts.repeats,
                    rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards,
-                   token_file=opts.token_file)
+                   token_file=opts.token_file, precision=opts.precision, engine=opts.engine)
     link = LinkEmulation(rate_bps=s.rate_bps, rtt_ms=s.rtt_ms, rtt_emulated_at_transport=s.rtt_ms > 0)
     if opts.role == "device":
         on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in s.addresses]})
@@ -408,7 +433,7 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
         addr_text: list[str | None] = [f"{h}:{p}" for h, p in s.addresses]
     else:
         outcome, addr_text = _run_local(s.spec, opts, s.loaded, request, s.n_members, s.rate_bps, link, on_event)
-    notes += _run_notes(s, mask is not None, passive_omp)
+    notes += _run_notes(s, mask is not None, passive_omp) + outcome.notes
     result = _result(s, outcome.after_warmup(opts.warmup), prediction, link, addr_text, notes)
     if opts.out is not None:
         write_json(result, opts.out)
@@ -437,6 +462,8 @@ def _resolve_link(opts: RunOptions) -> _Setup:
     if opts.role == "device" and not opts.server:
         raise UserInputError("--role device needs --server HOST:PORT")
     wire_dtype = check_wire_dtype(opts.wire_dtype or (plan.link.wire_dtype if plan else "fp32"))
+    check_precision(opts.precision)
+    check_engine(opts.engine)
     return _Setup(opts, threads, plan, rate_bps, rtt_ms, wire_dtype)
 
 
@@ -638,6 +665,8 @@ def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, li
         generated_tokens=outcome.tokens,
         matches_unsplit=outcome.matches_unsplit,
         max_abs_diff=outcome.max_abs_diff,
+        device_precision=opts.precision,  # type: ignore[arg-type]
+        device_engine=opts.engine,  # type: ignore[arg-type]
         notes=notes,
     )
 

@@ -324,6 +324,14 @@ CASES = [
     ("compare-two-kinds", "compare {ws}/dev.json {ws}/prune.json", "dev.json"),
     ("compare-missing", "compare {ws}/dev.json {ws}/no-such.json", "no such file"),
     ("compare-one-file", "compare {ws}/dev.json", "Missing argument"),
+    # -- quantize ----------------------------------------------------------------------------------
+    ("quantize-precision", "quantize -m {ws}/model --precision fp8", "--precision"),
+    ("quantize-no-precision", "quantize -m {ws}/model --precision ,", "--precision"),
+    ("quantize-engine", "quantize -m {ws}/model --engine tensorrt", "--engine"),
+    ("quantize-ratio", "quantize -m {ws}/model --ratios 1.5", "--ratios"),
+    ("quantize-scope-without-split", "quantize -m {ws}/model --scope device", "--split"),
+    ("quantize-no-model", "quantize -m /definitely/not/here", "no such folder"),
+    ("quantize-unwritable-output", f"quantize -m {{ws}}/model -o {UNWRITABLE}", "cannot write"),
     # -- trace and the channel options of plan ------------------------------------------------------
     ("trace-kind", "trace --kind ricean -o {tmp}/t.json", "'ricean' is not one of"),
     ("trace-snr-not-a-number", "trace --mean-snr-db loud -o {tmp}/t.json", "--mean-snr-db"),
@@ -336,7 +344,7 @@ CASES = [
     ("plan-robustness-wrong-kind", f"{PLAN} --rate 20Mbps --robustness {{ws}}/prune.json --max-ppl-ratio 1.1",
      "prune.json"),
 ]
-WRITERS = ("profile", "prune", "plan", "run", "perplexity")
+WRITERS = ("profile", "prune", "plan", "run", "perplexity", "quantize")
 
 
 def _listing(folder: Path) -> set[str]:
@@ -406,6 +414,7 @@ USAGE = {
     "perplexity": (["--model"], ["--window", "x"], ["--seed", "1.5"]),
     "models": (["--json", "extra"], ["--quiet", "--quiet=3"], ["-z"]),
     "trace": (["--seed"], ["--seed", "x"], ["--kind", "ricean"]),
+    "quantize": (["--model"], ["--repeats", "x"], ["--scope", "galaxy"]),
     "report": ([], ["a.json", "--output"], ["a.json", "--force=3"]),
     "show": ([], ["a.json", "b.json"], ["a.json", "--json=3"]),
     "compare": ([], ["a.json"], ["a.json", "b.json", "c.json"]),

@@ -224,6 +224,19 @@ class FamilyAdapter(ABC):
         and after rebuilding a pruned model from saved shapes.
         """
 
+    # -- weight precision (additive; used by coinfer.precision) -----------------------------
+    def quantizable_linears(self, block: int) -> dict[str, nn.Module]:
+        """The block's matrices a weight-only precision replaces: ``attn.q`` .. ``mlp.out``.
+
+        Families with fused projections need :meth:`prepare_for_pruning` first (as for pruning).
+        """
+        att = {f"attn.{k}": v for k, v in self.attention_linears(block).items()}
+        return {**att, **{f"mlp.{k}": v for k, v in self.mlp_linears(block).items()}}
+
+    def head_linears(self) -> dict[str, nn.Module]:
+        """The final stage's matrices a weight-only precision replaces (decoders: the LM head)."""
+        return {}
+
     def head_groups(self, block: int) -> dict[nn.Module, int]:
         """Heads per projection for torch-pruning's ``num_heads`` (q: query heads, k/v: kv heads)."""
         q_heads, kv_heads = self.attention_heads(block)

@@ -105,7 +105,7 @@ class GPT2Adapter(FamilyAdapter):
 
     def mlp_channels(self, block: int) -> int:
         fc = self.blocks()[block].mlp.c_fc
-        return int(fc.weight.shape[1] if hasattr(fc, "nf") else fc.weight.shape[0])
+        return int(fc.weight.shape[1] if hasattr(fc, "nf") else fc.out_features)
 
     def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
         pos = self.position_ids(input_ids.shape[1], past_length, input_ids.device)
@@ -152,6 +152,9 @@ class GPT2Adapter(FamilyAdapter):
         hidden = base_out.last_hidden_state
         kept = hidden[:, -logits_to_keep:, :] if logits_to_keep else hidden
         return HeadOutput(last_hidden_state=hidden, logits=self.model.lm_head(kept))
+
+    def head_linears(self) -> dict[str, nn.Module]:
+        return {"lm_head": self.model.lm_head}
 
     # -- structured pruning ------------------------------------------------------------------
     def module_layout(self) -> str:

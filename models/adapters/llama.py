@@ -104,6 +104,9 @@ class LlamaAdapter(FamilyAdapter):
         kept = hidden[:, -logits_to_keep:, :] if logits_to_keep else hidden
         return HeadOutput(last_hidden_state=hidden, logits=self.model.lm_head(kept))
 
+    def head_linears(self) -> dict[str, nn.Module]:
+        return {"lm_head": self.model.lm_head}
+
     # -- structured pruning ------------------------------------------------------------------
     def attention_linears(self, block: int) -> dict[str, nn.Module]:
         a = self.blocks()[block].self_attn
