@@ -5,7 +5,8 @@ and a run join on these names, so they must come from one place.
 
 * Stages of a model of ``L`` blocks, in order: ``embed``, ``block.0`` .. ``block.{L-1}``, ``head``.
 * Cut ``c`` = stages on the device, 0..L+2; its name is the last device stage, or ``server-only``.
-* The activation crosses a cut as ``fp32``, ``fp16`` or ``int8`` (:data:`WIRE_DTYPES`).
+* The activation crosses a cut as ``fp32``, ``fp16``, ``int8`` (per-token absmax) or ``int4``
+  (grouped absmax) (:data:`WIRE_DTYPES`; the codec is :mod:`coinfer.models.channel`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ SERVER_ONLY = "server-only"
 _BLOCK_PREFIX = "block."
 
 StageKind = Literal["embed", "block", "head"]
-WireDtype = Literal["fp32", "fp16", "int8"]
-WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
+WireDtype = Literal["fp32", "fp16", "int8", "int4"]
+WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8", "int4")
 
 
 def block_name(index: int) -> str:
@@ -58,7 +59,7 @@ def check_wire_dtype(value: str) -> WireDtype:
         UserInputError: Anything else, naming the ``--wire-dtype`` option and the choices.
     """
     if value not in WIRE_DTYPES:
-        raise UserInputError(f"--wire-dtype {value!r}: expected fp32, fp16 or int8")
+        raise UserInputError(f"--wire-dtype {value!r}: expected {', '.join(WIRE_DTYPES[:-1])} or {WIRE_DTYPES[-1]}")
     return value  # type: ignore[return-value]
 
 

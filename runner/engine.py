@@ -119,7 +119,7 @@ def member_request(group: Group, shard: Any, steps: Steps) -> RunRecord:
             parts = group.recv(bufs, src)
         t0 = time.perf_counter()
         ids_in = steps.bounds[rank] == 0 or (rank == steps.feeder and step > 0)
-        x = parts[0] if ids_in else wire.decode(parts, steps.wire_dtype)
+        x = parts[0] if ids_in else wire.decode(parts, steps.wire_dtype, steps.hidden)
         out = shard(x, state, mask)
         msg = [_final(out, steps, prompt_mask)] if last else wire.encode(out, steps.wire_dtype)
         rec.compute_ms.append((time.perf_counter() - t0) * 1e3)
