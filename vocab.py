@@ -52,14 +52,14 @@ def cut_name(cut: int, num_blocks: int) -> str:
     return SERVER_ONLY if cut == 0 else stage_names(num_blocks)[cut - 1]
 
 
-def check_wire_dtype(value: str) -> WireDtype:
+def check_wire_dtype(value: str, option: str = "--wire-dtype") -> WireDtype:
     """``value`` when it is a wire dtype.
 
     Raises:
-        UserInputError: Anything else, naming the ``--wire-dtype`` option and the choices.
+        UserInputError: Anything else, naming the option (``--wire-dtype`` unless told) and the choices.
     """
     if value not in WIRE_DTYPES:
-        raise UserInputError(f"--wire-dtype {value!r}: expected {', '.join(WIRE_DTYPES[:-1])} or {WIRE_DTYPES[-1]}")
+        raise UserInputError(f"{option} {value!r}: expected {', '.join(WIRE_DTYPES[:-1])} or {WIRE_DTYPES[-1]}")
     return value  # type: ignore[return-value]
 
 

@@ -19,7 +19,7 @@ def _register_optional() -> None:
     # Each stage's command lives in its own module; import them so they register on the app.
     import importlib
 
-    for name in ("profile_cmd", "prune_cmd", "plan_cmd", "run_cmd", "perplexity_cmd"):
+    for name in ("profile_cmd", "prune_cmd", "plan_cmd", "run_cmd", "perplexity_cmd", "channel_cmd"):
         try:
             importlib.import_module(f"coinfer.cli.{name}")
         except ModuleNotFoundError as exc:
