@@ -294,7 +294,6 @@ class _Reference:
     logp: torch.Tensor | None = None
     prob: torch.Tensor | None = None
     targets: torch.Tensor | None = None
-    neg_entropy: float = 0.0
     top: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
 
@@ -310,7 +309,7 @@ def _reference(out: Any, win: _Window, is_decoder: bool) -> tuple[_Reference, _S
     clean.nll = -float(logp.gather(-1, targets[:, None]).sum())
     clean.count = hi - lo
     prob = logp.exp()
-    return _Reference(hidden, logp, prob, targets, float((prob * logp).sum()), logp.argmax(-1)), clean
+    return _Reference(hidden, logp, prob, targets, logp.argmax(-1)), clean
 
 
 def _score(out: Any, ref: _Reference, win: _Window, acc: _Sums) -> None:
@@ -327,7 +326,7 @@ def _score(out: Any, ref: _Reference, win: _Window, acc: _Sums) -> None:
     lo, hi = win.span  # type: ignore[misc]
     logp = out.logits[0, lo:hi].float().log_softmax(-1)
     acc.nll -= float(logp.gather(-1, ref.targets[:, None]).sum())  # type: ignore[index]
-    acc.kl += ref.neg_entropy - float((ref.prob * logp).sum())  # type: ignore[operator]
+    acc.kl += float((ref.prob * (ref.logp - logp)).sum())  # type: ignore[operator]
     acc.agree += int((logp.argmax(-1) == ref.top).sum())
     acc.count += hi - lo
 
@@ -460,7 +459,7 @@ def measure_robustness(opts: ChannelOptions, progress: Progress | None = None) -
 
 
 def _notes(evalset: _EvalSet, plan: _Plan) -> list[str]:
-    notes = [evalset.description]
+    notes = [evalset.description] if evalset.protocol is None else []  # decoders: the protocol says it
     if any(not c.deterministic for c in plan.conditions):
         notes.append(f"random conditions: mean of {plan.draws} seeded draws with a Student-t {plan.opts.confidence:.0%} "
                      "interval (draw-to-draw spread on this text; the text itself is not resampled)")
