@@ -43,7 +43,7 @@ def run_cmd(
     listen: str = typer.Option("127.0.0.1:29600", "--listen", help="server: HOST:PORT to listen on (loopback by default)"),
     server: str = typer.Option(None, "--server", help="device: the server's HOST:PORT"),
     via: list[str] = typer.Option([], "--via", help="device: a relay's HOST:PORT, once per relay, in chain order"),
-    wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32, fp16 or int8 (default: the plan's, else fp32)"),
+    wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32, fp16, int8 or int4 (default: the plan's, else fp32)"),
     prompt_tokens: int = typer.Option(None, "--prompt-tokens", help="prompt length (default: the plan's, else 32)"),
     new_tokens: int = typer.Option(
         None, "--new-tokens",
@@ -69,6 +69,9 @@ def run_cmd(
              "required to listen beyond loopback",
     ),
     max_sessions: int = typer.Option(1, "--max-sessions", help="server: devices served at the same time; more get 'busy'"),
+    erasure: str = typer.Option(None, "--erasure", help="emulated channel: each element of the crossing activation arrives as 0 with this probability"),
+    snr_db: str = typer.Option(None, "--snr-db", help="emulated channel: white Gaussian noise on the crossing activation at this SNR (dB, per token)"),
+    robustness: str = typer.Option(None, "--robustness", help="robustness.json from 'coinfer channel': its prediction beside the measured quality"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -79,7 +82,7 @@ def run_cmd(
         batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, threads=threads,
         warmup=warmup, repeats=repeats, timeout_s=timeout_s, out=None if role == "server" else out, check=check,
         device_profile=device_profile, server_profile=server_profile, prune_report=prune_report, ratio=ratio,
-        token_file=token_file, max_sessions=max_sessions,
+        token_file=token_file, max_sessions=max_sessions, erasure=erasure, snr_db=snr_db, robustness=robustness,
     )
     if role == "server":
         console.print("note: tensors cross unencrypted (gloo over plain TCP; this torch has no gloo TLS): "
@@ -122,6 +125,32 @@ def _render(r: Any, out: str) -> None:
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"
         console.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
+    if r.channel is not None:
+        _render_channel(r.channel, r.model.is_decoder)
     for note in r.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"wrote {out}")
+
+
+def _render_channel(c: Any, decoder: bool) -> None:
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    seed = "" if c.condition.deterministic else f", seed {c.seed}"
+    say(f"channel: {c.condition.label()}{seed}: {c.applied}")
+    q = c.measured
+    if q is not None and decoder:
+        div = "none" if q.first_divergence is None else f"at token {q.first_divergence}"
+        say(f"measured on the {q.tokens} generated tokens: top-1 agreement with the clean model after the same tokens "
+            f"{q.top1_agreement:.3f}; equal to the clean run {q.clean_run_agreement:.3f} (first divergence {div}); "
+            f"clean-model NLL {q.nll_nats:.3f} nats/token (clean run's own {q.clean_run_nll_nats:.3f})")
+    elif q is not None:
+        say(f"measured: pooled cosine to the clean embedding {q.pooled_cosine:.4f}")
+    p = c.predicted
+    if p is not None:
+        est = (("top-1 agreement", p.top1_agreement), ("perplexity ratio", p.perplexity_ratio), ("KL", p.kl_nats)) \
+            if decoder else (("pooled cosine", p.pooled_cosine),)
+        say("predicted by the robustness profile (" + str(c.prediction) + "): " + "; ".join(
+            f"{k} {e.mean:.4g} [{e.ci_low:.4g}, {e.ci_high:.4g}]" for k, e in est if e is not None))
+    elif c.prediction:
+        say(c.prediction)
