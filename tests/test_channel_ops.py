@@ -156,3 +156,15 @@ def test_estimate_by_hand_and_t_quantiles():
         assert student_t_quantile(q, df) == pytest.approx(want, rel=1e-8)
     wide = Estimate.of([1.0, 2.0], 0.99)
     assert wide.ci_high - wide.ci_low > Estimate.of([1.0, 2.0], 0.9).ci_high - Estimate.of([1.0, 2.0], 0.9).ci_low
+
+
+def test_int4_is_a_wire_dtype_the_planner_prices():
+    from coinfer.planner.cost import derive_server_profile, evaluate
+    from coinfer.planner.link import Link
+    from coinfer.planner.synthetic import synthetic_profile
+
+    d = synthetic_profile(2, hidden=64, seq_len=4)
+    assert d.stages[1].payload_after["int4"].prefill_bytes == 4 * 2 * 18  # 4 tokens x 2 groups x 18 B
+    c = evaluate(d, derive_server_profile(d, 2.0), Link(rate_bps=1e6), cut=2, prompt_tokens=4, new_tokens=2,
+                 wire_dtype="int4")
+    assert c.uplink_prefill_bytes == 4 * 2 * 18 and c.uplink_per_token_bytes == 2 * 18
