@@ -39,7 +39,7 @@ A, B = 10.0, 1.0  # the paper's reward weights
 def _measure(model: str, blocks: list[int], args: argparse.Namespace, draws: int, tokens: int) -> tuple[dict, float]:
     from coinfer.models.robustness import ChannelOptions, measure_robustness
 
-    opts = ChannelOptions(model=model, cuts=",".join(str(s + 1) for s in blocks), wires="fp16,int8,int4",
+    opts = ChannelOptions(model=model, cuts=",".join(str(s + 1) for s in blocks), wires=args.wires,
                           impair_wires="fp32", erasure=args.erasure, snr_db=args.snr_db, draws=draws,
                           seed=args.seed, eval_tokens=tokens, threads=args.threads)
     last = [0.0]
@@ -53,6 +53,36 @@ def _measure(model: str, blocks: list[int], args: argparse.Namespace, draws: int
     t0 = time.perf_counter()
     prof = measure_robustness(opts, progress)
     return prof.model_dump(mode="json"), time.perf_counter() - t0
+
+
+def outliers(model: str, blocks: list[int], tokens: int, threads: int) -> list[dict]:
+    """Why some cuts are fragile: how concentrated the activation crossing each cut is (one clean
+    pass over the first evaluation window). LLMs grow a few "massive activations" (a handful of
+    elements hundreds of times the RMS); erasing one of them, or AWGN scaled to a row whose power
+    they dominate, wrecks the output."""
+    import torch
+
+    from coinfer.models.corpora import DEFAULT_EVALUATION, corpus
+    from coinfer.models.loading import load_model
+    from coinfer.models.perplexity import prepare_for
+    from coinfer.models.shards import shard_range
+
+    torch.set_num_threads(threads)
+    m = load_model(model)
+    if not m.adapter.is_decoder:
+        return []
+    h, prev, rows = prepare_for(m, corpus(DEFAULT_EVALUATION), tokens=tokens).window_inputs()[0], 0, []
+    with torch.no_grad():
+        for s in sorted(blocks):
+            h = shard_range(m, prev, s + 1)(h)
+            prev = s + 1
+            x = h[0].double()
+            energy = x.pow(2)
+            tok, dim = divmod(int(x.abs().argmax()), x.shape[1])
+            rows.append({"blocks": s, "elements": x.numel(), "max_over_rms": float(x.abs().max() / energy.mean().sqrt()),
+                         "max_at_token": tok, "max_at_dim": dim,
+                         "top20_energy_share": float(energy.flatten().topk(20).values.sum() / energy.sum())})
+    return rows
 
 
 def _quality(pt: dict, decoder: bool) -> dict:
@@ -209,6 +239,7 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2,minilm")
     ap.add_argument("--smollm2-blocks", default="1,2,3,4,6,8,10", help="splits s (blocks on the device; the paper's 1..10)")
     ap.add_argument("--minilm-blocks", default="1,2,3,4,5,6")
+    ap.add_argument("--wires", default="fp16,int8,int4", help="wire precisions measured alone at each cut")
     ap.add_argument("--erasure", default="0.01,0.05,0.1,0.2,0.3")
     ap.add_argument("--snr-db", default="0,10,20")
     ap.add_argument("--smollm2-draws", type=int, default=3)
@@ -227,7 +258,12 @@ def main() -> None:
         blocks = [int(x) for x in getattr(args, f"{name}_blocks").split(",")]
         print(f"measuring {name} at splits {blocks} ...", file=sys.stderr, flush=True)
         prof, wall = _measure(name, blocks, args, getattr(args, f"{name}_draws"), getattr(args, f"{name}_eval_tokens"))
-        results["models"][name] = {"profile": prof, "wall_s": wall, "analysis": analyse(name, prof)}
+        results["models"][name] = {"profile": prof, "wall_s": wall, "analysis": analyse(name, prof),
+                                   "outliers": outliers(name, blocks, getattr(args, f"{name}_eval_tokens"), args.threads)}
+        for r in results["models"][name]["outliers"]:
+            print(f"  s={r['blocks']:>2}: max |x| = {r['max_over_rms']:6.1f} x RMS (token {r['max_at_token']}, dim "
+                  f"{r['max_at_dim']}); the top 20 of {r['elements']:,} elements hold "
+                  f"{r['top20_energy_share']:.1%} of the energy")
         print(f"\n{name}: {prof['model_evaluations']} server-part evaluations in {wall:.0f} s "
               f"({args.threads} threads, busy shared machine: wall times are not comparable)")
     results["machine"]["loadavg_after"] = os.getloadavg()
