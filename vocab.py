@@ -5,7 +5,8 @@ and a run join on these names, so they must come from one place.
 
 * Stages of a model of ``L`` blocks, in order: ``embed``, ``block.0`` .. ``block.{L-1}``, ``head``.
 * Cut ``c`` = stages on the device, 0..L+2; its name is the last device stage, or ``server-only``.
-* The activation crosses a cut as ``fp32``, ``fp16`` or ``int8`` (:data:`WIRE_DTYPES`).
+* The activation crosses a cut as ``fp32``, ``fp16``, ``int8`` (per-token absmax) or ``int4``
+  (grouped absmax) (:data:`WIRE_DTYPES`; the codec is :mod:`coinfer.models.channel`).
 * Device weights are stored in one of :data:`WEIGHT_PRECISIONS`; a device shard runs on one of
   :data:`ENGINES`.
 """
@@ -22,8 +23,8 @@ SERVER_ONLY = "server-only"
 _BLOCK_PREFIX = "block."
 
 StageKind = Literal["embed", "block", "head"]
-WireDtype = Literal["fp32", "fp16", "int8"]
-WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8")
+WireDtype = Literal["fp32", "fp16", "int8", "int4"]
+WIRE_DTYPES: tuple[WireDtype, ...] = ("fp32", "fp16", "int8", "int4")
 # Weight precision of a (device) shard's matrices: floating point, or weight-only integers with
 # floating-point activations (int8 per output channel, int4 group-wise).
 WeightPrecision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
@@ -59,14 +60,14 @@ def cut_name(cut: int, num_blocks: int) -> str:
     return SERVER_ONLY if cut == 0 else stage_names(num_blocks)[cut - 1]
 
 
-def check_wire_dtype(value: str) -> WireDtype:
+def check_wire_dtype(value: str, option: str = "--wire-dtype") -> WireDtype:
     """``value`` when it is a wire dtype.
 
     Raises:
-        UserInputError: Anything else, naming the ``--wire-dtype`` option and the choices.
+        UserInputError: Anything else, naming the option (``--wire-dtype`` unless told) and the choices.
     """
     if value not in WIRE_DTYPES:
-        raise UserInputError(f"--wire-dtype {value!r}: expected fp32, fp16 or int8")
+        raise UserInputError(f"{option} {value!r}: expected {', '.join(WIRE_DTYPES[:-1])} or {WIRE_DTYPES[-1]}")
     return value  # type: ignore[return-value]
 
 

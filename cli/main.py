@@ -15,6 +15,7 @@ configure_openmp_wait()  # before any command imports torch
 # Every command module registers itself on the app when imported. The imports are explicit: a
 # command module that fails to import must crash here, loudly, not vanish from the CLI.
 from coinfer.cli import (  # noqa: E402
+    channel_cmd,
     inspect_cmd,
     perplexity_cmd,
     plan_cmd,
@@ -35,9 +36,9 @@ except ImportError:  # pragma: no cover - older typer on click
 from typer import Abort  # noqa: E402
 
 COMMAND_MODULES = (profile_cmd, prune_cmd, plan_cmd, run_cmd, inspect_cmd, perplexity_cmd, report_cmd, trace_cmd,
-                   quantize_cmd)
+                   quantize_cmd, channel_cmd)
 COMMANDS = ("profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace",
-            "quantize")
+            "quantize", "channel")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from coinfer.cli.app import err_console
 from coinfer.cli.common import (
+    CHANNEL,
     DEFAULT_DECODE_STEPS,
     DEFAULT_MODEL,
     DEFAULT_PROMPT_TOKENS,
@@ -140,6 +141,15 @@ def run_cmd(
                                         help="the device shard's weights (weight-only int8/int4: bf16 activations)"),
     engine: EngineName = typer.Option(EngineName.torch, "--engine", rich_help_panel=MODEL,
                                       help="what runs the device shard"),
+    erasure: str | None = typer.Option(
+        None, "--erasure", metavar="P", rich_help_panel=CHANNEL,
+        help="emulated channel: each element of the crossing activation arrives as 0 with this probability"),
+    snr_db: str | None = typer.Option(
+        None, "--snr-db", metavar="DB", rich_help_panel=CHANNEL,
+        help="emulated channel: white Gaussian noise on the crossing activation at this SNR (dB, per token)"),
+    robustness: str | None = typer.Option(
+        None, "--robustness", metavar="FILE", rich_help_panel=CHANNEL,
+        help="robustness profile from 'coinfer channel': its prediction beside the measured quality"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -168,6 +178,7 @@ def run_cmd(
         server_profile=server_profile, prune_report=prune_report, ratio=ratio,
         token_file=token_file, max_sessions=max_sessions,
         precision=precision.value, engine=engine.value,
+        erasure=erasure, snr_db=snr_db, robustness=robustness,
     )
     if role == Role.server:
         def server_log(ev: dict[str, Any]) -> None:
@@ -237,4 +248,30 @@ def render(r: Any, out: Output) -> None:
         ref = "the unsplit model" if r.shards is None and (r.device_precision, r.device_engine) == ("fp32", "torch") \
             else "the same shards run in one process"
         out.print(f"{what} identical to {ref}: {'yes' if r.matches_unsplit else 'NO'}")
+    if r.channel is not None:
+        _render_channel(r.channel, r.model.is_decoder, out)
     out.notes(r.notes)
+
+
+def _render_channel(c: Any, decoder: bool, out: Output) -> None:
+    def say(text: str) -> None:
+        out.print(text, markup=False)
+
+    seed = "" if c.condition.deterministic else f", seed {c.seed}"
+    say(f"channel: {c.condition.label()}{seed}: {c.applied}")
+    q = c.measured
+    if q is not None and decoder:
+        div = "none" if q.first_divergence is None else f"at token {q.first_divergence}"
+        say(f"measured on the {q.tokens} generated tokens: top-1 agreement with the clean model after the same tokens "
+            f"{q.top1_agreement:.3f}; equal to the clean run {q.clean_run_agreement:.3f} (first divergence {div}); "
+            f"clean-model NLL {q.nll_nats:.3f} nats/token (clean run's own {q.clean_run_nll_nats:.3f})")
+    elif q is not None:
+        say(f"measured: pooled cosine to the clean embedding {q.pooled_cosine:.4f}")
+    p = c.predicted
+    if p is not None:
+        est = (("top-1 agreement", p.top1_agreement), ("perplexity ratio", p.perplexity_ratio), ("KL", p.kl_nats)) \
+            if decoder else (("pooled cosine", p.pooled_cosine),)
+        say("predicted by the robustness profile (" + str(c.prediction) + "): " + "; ".join(
+            f"{k} {e.mean:.4g} [{e.ci_low:.4g}, {e.ci_high:.4g}]" for k, e in est if e is not None))
+    elif c.prediction:
+        say(c.prediction)

@@ -25,6 +25,7 @@ from coinfer.reports.quality import (
     PerplexityProtocol,
     PerplexityReport,
     QualityFigures,
+    ScoredWindow,
     TextRef,
 )
 
@@ -190,6 +191,17 @@ def chain_logits_fn(shards: Sequence[Any]) -> LogitsFn:
     return run
 
 
+def logit_span(window: ScoredWindow, bos_prepended: bool) -> tuple[int, int]:
+    """``(lo, hi)``: the window's logits ``[lo, hi)`` are the scored predictions; their targets are
+    input positions ``lo + 1 .. hi``.
+
+    Logits at input index i predict input index i + 1; text position p sits at input index
+    ``p - start`` (plus 1 after a BOS).
+    """
+    b = int(bos_prepended)
+    return window.score_from - window.start + b - 1, window.end - window.start + b - 1
+
+
 @torch.no_grad()
 def evaluate(
     model: LogitsFn, evalset: EvalSet, reference: LogitsFn | None = None, reference_name: str = "reference"
@@ -204,12 +216,10 @@ def evaluate(
         reference_name: What the reference is, recorded in the figures.
     """
     proto = evalset.protocol
-    b = int(proto.bos_prepended)
     nll = kl = 0.0
     agree = count = 0
     for w, x in zip(proto.windows(), evalset.window_inputs(), strict=True):
-        # Logits at input index i predict input index i + 1; text position p sits at p - start + b.
-        lo, hi = w.score_from - w.start + b - 1, w.end - w.start + b - 1
+        lo, hi = logit_span(w, proto.bos_prepended)
         targets = x[0, lo + 1 : hi + 1]
         logp = _logits(model(x))[0, lo:hi].float().log_softmax(-1)
         nll -= float(logp.gather(-1, targets[:, None]).sum())

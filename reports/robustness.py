@@ -6,13 +6,17 @@ cut, channel-state policies) and ``coinfer report``. No torch.
 A *condition* is the wire precision the activation is sent in plus at most one channel
 impairment applied to what arrives: element erasure with probability ``erasure_p`` (erased
 elements arrive as zero, the adaptive-splitting paper's model) or additive white Gaussian noise at
-``snr_db`` (signal power measured per transmitted tensor). Each (cut, condition) point is the mean
-of ``draws`` seeded random draws with a confidence interval; deterministic conditions (clean,
-wire precision alone) need one draw.
+``snr_db`` (signal power measured per token row of the transmitted tensor, i.e. per decode-step
+message; :mod:`coinfer.models.channel` defines both exactly). Each (cut, condition) point is the
+mean of ``draws`` seeded random draws with a Student-t confidence interval; deterministic
+conditions (clean, wire precision alone) need one draw.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -64,6 +68,56 @@ class Estimate(Schema):
     ci_low: float
     ci_high: float
     draws: int = Field(ge=1)
+
+    @classmethod
+    def of(cls, values: Sequence[float], confidence: float = 0.95) -> Estimate:
+        """The mean of ``values`` with its two-sided Student-t interval at ``confidence``.
+
+        ``mean ± t_{(1 + confidence) / 2, n - 1} · s / sqrt(n)`` with ``s`` the sample standard
+        deviation; one value gives a zero-width interval.
+        """
+        n = len(values)
+        if n == 0:
+            raise ValueError("an estimate needs at least one value")
+        mean = math.fsum(values) / n
+        if n == 1:
+            return cls(mean=mean, ci_low=mean, ci_high=mean, draws=1)
+        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+        half = student_t_quantile((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
+        return cls(mean=mean, ci_low=mean - half, ci_high=mean + half, draws=n)
+
+
+@functools.lru_cache(maxsize=64)
+def student_t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (0.5 < q < 1) of Student's t with ``df`` degrees of freedom.
+
+    Bisection on the CDF, which is ``1/2`` plus the integral of the density from 0 (Simpson's rule
+    after the substitution ``x = tan(u)``, whose integrand is smooth and bounded): accurate to
+    about 1e-9, no scipy.
+    """
+    if not 0.5 < q < 1 or df < 1:
+        raise ValueError("need 0.5 < q < 1 and df >= 1")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:
+        # density(tan u) * sec^2(u) du over u in [0, atan t]
+        steps, top = 2000, math.atan(t)
+        h = top / steps
+
+        def f(u: float) -> float:
+            x = math.tan(u)
+            return math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df)) / math.cos(u) ** 2
+
+        total = f(0.0) + f(top) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, steps))
+        return 0.5 + total * h / 3
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
 
 
 class RobustnessPoint(Schema):

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
 from coinfer.reports.plan import InputFile
+from coinfer.reports.robustness import ChannelCondition, RobustnessPoint
 from coinfer.vocab import Engine, WeightPrecision, WireDtype
 
 
@@ -74,6 +75,36 @@ class ExportedShards(Schema):
     server_shard_sha256: str
 
 
+class GeneratedQuality(Schema):
+    """What a run produced, judged by the clean model (unsplit, nothing lost on the wire)."""
+
+    tokens: int | None = Field(default=None, ge=0, description="decoders: generated tokens judged (batch x (decode steps + 1))")
+    top1_agreement: float | None = Field(
+        default=None, ge=0, le=1,
+        description="decoders: share of generated tokens the clean model also picks after the same preceding tokens "
+                    "(teacher-forced on the run's own output: comparable to a robustness profile's top1_agreement)")
+    clean_run_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="decoders: share of positions equal to the clean model's own greedy tokens")
+    first_divergence: int | None = Field(
+        default=None, ge=0, description="decoders: first generated position that differs from the clean run (None: none)")
+    nll_nats: float | None = Field(default=None, ge=0, description="decoders: mean NLL the clean model gives the generated tokens")
+    clean_run_nll_nats: float | None = Field(
+        default=None, ge=0, description="decoders: the same for the clean model's own greedy tokens (the floor)")
+    pooled_cosine: float | None = Field(default=None, description="encoders: cosine of the output embedding to the clean one")
+
+
+class ChannelRun(Schema):
+    """The link condition a run went through, what came out, and what a robustness profile predicted."""
+
+    condition: ChannelCondition
+    seed: int = Field(description="the channel's draws: torch.Generator().manual_seed(seed), fresh per request")
+    applied: str = Field(description="where the precision and the impairment act on the crossing tensor")
+    measured: GeneratedQuality | None = None
+    robustness: InputFile | None = Field(default=None, description="the robustness profile (coinfer channel) consulted")
+    predicted: RobustnessPoint | None = Field(default=None, description="the profile's point for this cut and condition")
+    prediction: str | None = Field(default=None, description="how the point was found (measured, interpolated) or why none")
+
+
 class RunResult(Document):
     """A versioned record of one `coinfer run`."""
 
@@ -113,4 +144,7 @@ class RunResult(Document):
     max_abs_diff: float | None = Field(default=None, ge=0, description="encoders: max |split - unsplit|")
     device_precision: WeightPrecision = Field(default="fp32", description="weight precision of the device shard's matrices")
     device_engine: Engine = Field(default="torch", description="what ran the device shard")
+    # Added without a version bump: optional, so every file written before still loads.
+    channel: ChannelRun | None = Field(
+        default=None, description="a lossy wire or an emulated channel (--erasure/--snr-db): its quality cost")
     notes: list[str] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from typing import Any
 from coinfer.errors import UserInputError
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.run import ChainMember, ExportedShards, LinkEmulation, RunResult
+from coinfer.runner import channel_run
 from coinfer.runner.outcome import DeviceOutcome, RequestRecord, phase_timings, traffic
 from coinfer.runner.predict import Prediction
 from coinfer.vocab import (
@@ -64,6 +65,9 @@ class RunOptions:
     max_sessions: int = 1
     precision: str = "fp32"
     engine: str = "torch"
+    erasure: str | None = None
+    snr_db: str | None = None
+    robustness: str | None = None
 
 
 
@@ -151,7 +155,8 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
                 attention_mask: list[list[int]] | None, new_tokens: int, wire_dtype: str, runs: int,
                 rtt_ms: float, timeout_s: float, threads: int, check: bool,
                 shards: dict[str, list[str]] | None = None, token_file: str | None = None,
-                precision: str = "fp32", engine: str = "torch") -> DeviceOutcome:
+                precision: str = "fp32", engine: str = "torch",
+                channel: dict[str, Any] | None = None, quality: bool = False) -> DeviceOutcome:
     import torch
 
     from coinfer.runner.auth import load_token
@@ -171,10 +176,11 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
     run = run_device_session(loaded, bounds, [(str(h), int(p)) for h, p in members], ids, mask, new_tokens,
                              wire_dtype, runs, rtt_ms, timeout_s, device_shard=dev_shard,
                              server_shard_sha256=shards["server"][1] if shards else None,
-                             token=load_token(token_file))
+                             token=load_token(token_file), channel=channel)
     out = run.records[0].output
     matches, diff = (_check_output(loaded, out, ids, mask, new_tokens, dev_shard, shards, bounds[1] if variant else None)
                      if check else (None, None))
+    judged = channel_run.generated_quality(loaded, out, ids, mask) if quality else None
     return DeviceOutcome(
         identity=loaded.identity,
         records=[RequestRecord(compute_ms=r.compute_ms, end_to_end_ms=r.end_to_end_ms, sent_bytes=r.sent_bytes)
@@ -184,6 +190,7 @@ def _device_run(loaded: Any, *, bounds: list[int], members: list[list[Any]], inp
         matches_unsplit=matches,
         max_abs_diff=diff,
         notes=variant.notes if variant is not None else [],
+        quality=judged,
     )
 
 
@@ -282,6 +289,8 @@ def run_command(opts: RunOptions, on_event: EventSink | None = None) -> RunResul
     if opts.role == "server":
         if opts.emulate_rate or opts.plan or opts.cut is not None:
             raise UserInputError("--role server takes --listen and --model only (the device sends the cut)")
+        if opts.erasure is not None or opts.snr_db is not None or opts.robustness:
+            raise UserInputError("--erasure, --snr-db and --robustness are the device's: it asks the server for the channel")
         shards = _resolve_shards(opts.prune_report, opts.ratio)
         serve(opts.listen, opts.model or "gpt2", seed=opts.seed, threads=opts.threads or _default_threads(),
               timeout_s=opts.timeout_s, on_event=on_event, shard=tuple(shards["server"]) if shards else None,
@@ -415,16 +424,20 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     from coinfer.reports.io import write_json
 
     s = _resolve_link(opts)
+    rc = channel_run.resolve(opts.erasure, opts.snr_db, opts.robustness, s.wire_dtype, opts.seed)
     _resolve_cut(s)
     s.loaded = load_model(s.spec, seed=opts.seed)
     _fit_model(s)
+    if rc is not None:
+        channel_run.check_fit(rc, s.loaded.identity, s.bounds, s.shards is not None)
     prediction, notes = _prediction(s)
     ids, mask = _prompt(s.loaded.adapter.vocab_size, opts.batch, s.prompt_tokens, opts.seed, opts.ragged,
                         s.loaded.adapter.is_decoder)
     request = dict(bounds=s.bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
                    new_tokens=s.new_tokens, wire_dtype=s.wire_dtype, runs=opts.warmup + opts.repeats,
                    rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards,
-                   token_file=opts.token_file, precision=opts.precision, engine=opts.engine)
+                   token_file=opts.token_file, precision=opts.precision, engine=opts.engine,
+                   channel=rc.spec() if rc else None, quality=rc is not None and s.shards is None)
     link = LinkEmulation(rate_bps=s.rate_bps, rtt_ms=s.rtt_ms, rtt_emulated_at_transport=s.rtt_ms > 0)
     if opts.role == "device":
         on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in s.addresses]})
@@ -435,6 +448,11 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
         outcome, addr_text = _run_local(s.spec, opts, s.loaded, request, s.n_members, s.rate_bps, link, on_event)
     notes += _run_notes(s, mask is not None, passive_omp) + outcome.notes
     result = _result(s, outcome.after_warmup(opts.warmup), prediction, link, addr_text, notes)
+    if rc is not None:
+        result.channel = channel_run.report(rc, s.cut, outcome.quality)
+        if not rc.condition.deterministic:
+            result.notes.append("the channel impairs the activation on purpose: the output is not expected to match the "
+                                "unsplit model; the channel section judges it")
     if opts.out is not None:
         write_json(result, opts.out)
     return result

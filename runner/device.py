@@ -14,6 +14,7 @@ from coinfer.runner import auth, protocol
 from coinfer.runner.engine import RunRecord, Steps, device_request
 from coinfer.runner.protocol import (
     Challenge,
+    ChannelImpairment,
     Hello,
     MemberReport,
     OpenReply,
@@ -97,6 +98,7 @@ def run_device_session(
     device_shard: Any = None,
     server_shard_sha256: str | None = None,
     token: bytes | None = None,
+    channel: dict[str, Any] | None = None,
 ) -> DeviceRun:
     """Run ``runs`` requests as rank 0 of a chain.
 
@@ -107,13 +109,15 @@ def run_device_session(
         input_ids: Prompt ids, (batch, tokens).
         attention_mask: Encoders: optional padding mask, (batch, tokens); it crosses too.
         new_tokens: Decode steps after the prefill (decoders); new_tokens + 1 tokens come back.
-        wire_dtype: fp32, fp16 or int8 for activations.
+        wire_dtype: fp32, fp16, int8 or int4 for activations.
         runs: Requests to run in the one session (warm-up and measured).
         rtt_ms: Emulated round-trip time added at the transport boundary.
         timeout_s: Per-operation timeout of the session.
         device_shard: An exported (pruned) device shard to run instead of the model's own.
         server_shard_sha256: The exported shard the server must run (its config's sha256).
         token: The shared secret the servers hold (see ``runner.auth``); None: no authentication.
+        channel: A :class:`~coinfer.runner.protocol.ChannelImpairment` as a dict: the first member
+            impairs every activation it receives from the device (None: a clean link).
 
     Raises:
         DeviceUnavailableError: A server cannot be reached, or the session broke.
@@ -134,7 +138,7 @@ def run_device_session(
     base = dict(session_id=sid, config_sha256=ident.config_sha256, weights=ident.weights, weights_seed=ident.weights_seed,
                 bounds=bounds, wire_dtype=wire_dtype, batch=steps.batch, prompt_tokens=steps.prompt_tokens,
                 new_tokens=new_tokens, has_mask=steps.has_mask, runs=runs, rtt_ms=rtt_ms, timeout_s=timeout_s,
-                shard_sha256=server_shard_sha256)
+                shard_sha256=server_shard_sha256, channel=ChannelImpairment(**channel) if channel else None)
     conns: list[socket.socket] = []
     group = None
     store_sock = None

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from coinfer.models.channel import impair
+from coinfer.reports.robustness import ChannelCondition
 from coinfer.runner import wire
 from coinfer.runner.transport import Group
 
@@ -36,6 +38,8 @@ class Steps:
     wire_dtype: str
     has_mask: bool
     bounds: tuple[int, ...]
+    channel: ChannelCondition | None = None  # an emulated channel on the device's link (rank 1 applies it)
+    channel_seed: int = 0
 
     @property
     def count(self) -> int:
@@ -95,6 +99,15 @@ def _final(out: Any, steps: Steps, mask: torch.Tensor | None) -> torch.Tensor:
     return sentence_embedding(out.last_hidden_state, mask).contiguous()
 
 
+def channel_generator(steps: Steps, rank: int) -> torch.Generator | None:
+    """The source of one request's channel draws on ``rank``: only rank 1 receives over the
+    device's link, and only when an activation crosses it. Fresh per request, so warm-up and
+    measured requests see the same channel."""
+    if steps.channel is None or steps.channel.deterministic or rank != 1 or steps.bounds[1] == 0:
+        return None
+    return torch.Generator().manual_seed(steps.channel_seed)
+
+
 @torch.no_grad()
 def member_request(group: Group, shard: Any, steps: Steps) -> RunRecord:
     """One request on a rank >= 1: receive, compute, pass on (or answer the device)."""
@@ -104,6 +117,7 @@ def member_request(group: Group, shard: Any, steps: Steps) -> RunRecord:
     rec = RunRecord()
     prompt_mask = None
     own_token = None
+    gen = channel_generator(steps, rank)
     for step in range(steps.count):
         sent = 0
         mask = None
@@ -119,7 +133,9 @@ def member_request(group: Group, shard: Any, steps: Steps) -> RunRecord:
             parts = group.recv(bufs, src)
         t0 = time.perf_counter()
         ids_in = steps.bounds[rank] == 0 or (rank == steps.feeder and step > 0)
-        x = parts[0] if ids_in else wire.decode(parts, steps.wire_dtype)
+        x = parts[0] if ids_in else wire.decode(parts, steps.wire_dtype, steps.hidden)
+        if gen is not None and not ids_in:  # the emulated channel: what arrives, not what was sent
+            x = impair(x, steps.channel, gen)  # type: ignore[arg-type]
         out = shard(x, state, mask)
         msg = [_final(out, steps, prompt_mask)] if last else wire.encode(out, steps.wire_dtype)
         rec.compute_ms.append((time.perf_counter() - t0) * 1e3)

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from coinfer.reports.common import ModelIdentity, Schema
 from coinfer.reports.plan import PhaseBreakdown
-from coinfer.reports.run import Measured, PhaseTiming, Traffic
+from coinfer.reports.run import GeneratedQuality, Measured, PhaseTiming, Traffic
 from coinfer.runner.predict import Prediction
 from coinfer.runner.protocol import MemberReport
 
@@ -37,6 +37,7 @@ class DeviceOutcome(Schema):
     matches_unsplit: bool | None = Field(description="None when the output was not checked")
     max_abs_diff: float | None = Field(description="encoders: max |split - reference|")
     notes: list[str] = Field(default_factory=list, description="how the device shard was made (precision, engine)")
+    quality: GeneratedQuality | None = Field(default=None, description="the output judged by the clean model")
 
     def after_warmup(self, warmup: int) -> DeviceOutcome:
         """The same outcome without its first ``warmup`` requests (on every rank)."""

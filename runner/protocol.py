@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coinfer.reports.robustness import ChannelCondition
 from coinfer.vocab import WireDtype
 
 # 2: hello/challenge handshake (optional shared-secret authentication), retry hint on busy.
@@ -75,6 +76,22 @@ class StoreAddress(_Msg):
     port: int = Field(ge=1, le=65535)
 
 
+class ChannelImpairment(_Msg):
+    """A channel the first member applies to each activation it receives from the device
+    (``coinfer run --erasure/--snr-db``; see :mod:`coinfer.models.channel`), drawn from
+    ``torch.Generator().manual_seed(seed)``, fresh for every request."""
+
+    impairment: Literal["erasure", "awgn"]
+    erasure_p: float | None = Field(default=None, ge=0, le=1)
+    snr_db: float | None = Field(default=None, ge=-200, le=200)
+    seed: int = Field(ge=0, le=2**63 - 1)
+
+    def condition(self, wire_dtype: WireDtype) -> ChannelCondition:
+        """The condition this impairment makes with the session's wire precision."""
+        return ChannelCondition(wire_dtype=wire_dtype, impairment=self.impairment, erasure_p=self.erasure_p,
+                                snr_db=self.snr_db)
+
+
 class OpenSession(_Msg):
     """A device's request to take part in one session (one gloo group of ``world_size``)."""
 
@@ -100,6 +117,8 @@ class OpenSession(_Msg):
                                      description="the exported (pruned) shard config the member must run")
     client_proof: str | None = Field(default=None, pattern=_HEX64,
                                      description="HMAC over both nonces and this request (see runner.auth)")
+    channel: ChannelImpairment | None = Field(
+        default=None, description="impair what rank 1 receives from the device (emulated channel); None: clean")
 
 
 class OpenReply(_Msg):

@@ -299,7 +299,9 @@ class Server:
             group.listen_sock, sock = sock, None
             ad = self.loaded.adapter
             steps = Steps(ad.is_decoder, ad.hidden_size, req.batch, req.prompt_tokens, req.new_tokens,
-                          req.wire_dtype, req.has_mask, tuple(req.bounds))
+                          req.wire_dtype, req.has_mask, tuple(req.bounds),
+                          channel=req.channel.condition(req.wire_dtype) if req.channel else None,
+                          channel_seed=req.channel.seed if req.channel else 0)
             shard = self._shard(req.bounds[req.rank], req.bounds[req.rank + 1])
             records = [member_request(group, shard, steps) for _ in range(req.runs)]
             # Free the group and the slot before reporting, so the device's next session is

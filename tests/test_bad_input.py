@@ -338,13 +338,22 @@ CASES = [
     ("trace-duration-unit", "trace --duration 60 -o {tmp}/t.json", "--duration"),
     ("trace-bandwidth-unit", "trace --bandwidth 10MBps -o {tmp}/t.json", "--bandwidth"),
     ("trace-unwritable-output", f"trace -o {UNWRITABLE}", "cannot write"),
+    # -- channel -----------------------------------------------------------------------------------
+    ("channel-erasure-above-one", "channel -m {ws}/model --erasure 1.5", "--erasure"),
+    ("channel-snr-word", "channel -m {ws}/model --snr-db loud", "--snr-db"),
+    ("channel-wire", "channel -m {ws}/model --wire fp8", "--wire"),
+    ("channel-confidence", "channel -m {ws}/model --confidence 1", "--confidence"),
+    ("channel-eval-tokens", "channel -m {ws}/model --eval-tokens 1", "--eval-tokens"),
+    ("channel-no-model", "channel -m /definitely/not/here", "no such folder"),
+    ("channel-unwritable-output", f"channel -m {{ws}}/model -o {UNWRITABLE}", "cannot write"),
+    ("run-erasure-above-one", "run -m {ws}/model --cut 2 --erasure 2", "--erasure"),
     ("plan-erasure-without-robustness", f"{PLAN} --rate 20Mbps --erasure 0.1", "--erasure needs --robustness"),
     ("plan-robustness-missing", f"{PLAN} --rate 20Mbps --robustness {{ws}}/no-such.json --max-ppl-ratio 1.1",
      "no such file"),
     ("plan-robustness-wrong-kind", f"{PLAN} --rate 20Mbps --robustness {{ws}}/prune.json --max-ppl-ratio 1.1",
      "prune.json"),
 ]
-WRITERS = ("profile", "prune", "plan", "run", "perplexity", "quantize")
+WRITERS = ("profile", "prune", "plan", "run", "perplexity", "quantize", "channel")
 
 
 def _listing(folder: Path) -> set[str]:
@@ -415,6 +424,7 @@ USAGE = {
     "models": (["--json", "extra"], ["--quiet", "--quiet=3"], ["-z"]),
     "trace": (["--seed"], ["--seed", "x"], ["--kind", "ricean"]),
     "quantize": (["--model"], ["--repeats", "x"], ["--scope", "galaxy"]),
+    "channel": (["--model"], ["--draws", "x"], ["--confidence", "x"]),
     "report": ([], ["a.json", "--output"], ["a.json", "--force=3"]),
     "show": ([], ["a.json", "b.json"], ["a.json", "--json=3"]),
     "compare": ([], ["a.json"], ["a.json", "b.json", "c.json"]),

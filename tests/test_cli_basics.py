@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from coinfer.cli.app import app
 from coinfer.cli.main import main
 
-EXPECTED_COMMANDS = {"profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace", "quantize"}
+EXPECTED_COMMANDS = {"profile", "prune", "plan", "run", "models", "inspect", "perplexity", "report", "show", "compare", "trace",
+                     "quantize", "channel"}
 ALL_OPTIONS = ("--output", "--json", "--quiet", "--verbose")
 
 

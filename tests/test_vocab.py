@@ -28,10 +28,12 @@ def test_stage_and_cut_names():
 
 
 def test_wire_dtype_check():
-    assert check_wire_dtype("int8") == "int8"
-    for bad in ("bf16", "FP16", ""):
-        with pytest.raises(UserInputError, match=r"--wire-dtype .*: expected fp32, fp16 or int8"):
+    assert check_wire_dtype("int8") == "int8" and check_wire_dtype("int4") == "int4"
+    for bad in ("bf16", "FP16", "int2", ""):
+        with pytest.raises(UserInputError, match=r"--wire-dtype .*: expected fp32, fp16, int8 or int4"):
             check_wire_dtype(bad)
+    with pytest.raises(UserInputError, match=r"^--wire 'int3': expected"):
+        check_wire_dtype("int3", "--wire")
 
 
 def test_max_positions_reads_either_key_and_never_invents_one():
