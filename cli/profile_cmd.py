@@ -21,8 +21,17 @@ def _fmt_j(x: float | None, estimate: bool) -> str:
     return f"~{x:.3g}" if estimate else f"{x:.3g}"
 
 
+def _fmt_bw(costs) -> str:
+    """Decode steps' shares of the memory bandwidth, one per context: ``38/41/52%``."""
+    shares = [d.bandwidth_fraction for d in costs]
+    if not shares or any(x is None for x in shares):
+        return "-"
+    return "/".join(f"{100 * x:.0f}" for x in shares) + "%"
+
+
 def render_profile(profile) -> Table:
-    """The end-of-run table: stage, prefill ms, decode ms, energy, payload bytes, share of total.
+    """The end-of-run table: stage, prefill ms, decode ms, energy, share of GEMM peak (prefill) and of
+    memory bandwidth (decode, per context), payload bytes, share of total.
 
     Energy estimates are marked ``~``; noisy stages (IQR over median above 10%) get a ``*``.
     """
@@ -33,7 +42,10 @@ def render_profile(profile) -> Table:
         f"{profile.model.name} on {ctx.device} {ctx.dtype}, batch {ctx.batch}, {ctx.seq_len} tokens, "
         f"{ctx.threads} threads, weights: {profile.model.weights}"
     )
-    table = Table(title=title, caption="* noisy (IQR/median > 10%)   ~ estimate, not a measurement")
+    caption = "* noisy (IQR/median > 10%)   ~ estimate, not a measurement"
+    if profile.memory_bandwidth is not None and ctx.decode_context_tokens:
+        caption += "   of BW: decode bytes / memory bandwidth / time, per context"
+    table = Table(title=title, caption=caption)
     width = max(len(s.name) for s in profile.stages) + 2
     table.add_column("stage", no_wrap=True, min_width=max(width, 11))
     table.add_column("prefill ms", justify="right")
@@ -41,6 +53,7 @@ def render_profile(profile) -> Table:
         table.add_column(f"dec ms @{c}", justify="right")
     table.add_column(f"J ({ctx.energy_source})", justify="right")
     table.add_column("of peak", justify="right")
+    table.add_column("of BW", justify="right")
     table.add_column("cut B fp32", justify="right")
     table.add_column("share", justify="right")
     for s in profile.stages:
@@ -51,6 +64,7 @@ def render_profile(profile) -> Table:
             *[_fmt_ms(d.timing.median_ms) for d in s.decode],
             _fmt_j(s.prefill_energy_j, estimate),
             frac,
+            _fmt_bw(s.decode),
             f"{s.payload_after['fp32'].prefill_bytes:,}",
             f"{s.prefill.median_ms / total:.1%}",
         )
@@ -62,10 +76,28 @@ def render_profile(profile) -> Table:
             *[_fmt_ms(d.timing.median_ms) for d in wm.decode],
             "",
             "",
+            _fmt_bw(wm.decode),
             "",
             f"cov {wm.prefill_coverage:.2f}",
         )
     return table
+
+
+def bandwidth_lines(profile) -> list[str]:
+    """How far whole-model decode is from the memory-bandwidth limit, one line per context."""
+    bw, wm = profile.memory_bandwidth, profile.whole_model
+    if bw is None or wm is None:
+        return []
+    out = []
+    for d in wm.decode:
+        if d.read_bytes is None or d.bandwidth_bound_ms is None or d.bandwidth_fraction is None:
+            continue
+        out.append(
+            f"decode @{d.context_tokens}: whole model at {d.bandwidth_fraction:.0%} of memory bandwidth: "
+            f"{d.read_bytes / 1e6:,.1f} MB per step / {bw.bytes_per_s / 1e9:.3g} GB/s = bound {d.bandwidth_bound_ms:.3g} ms, "
+            f"measured {d.timing.median_ms:.3g} ms ({d.timing.median_ms / d.bandwidth_bound_ms:.1f}x the bound)"
+        )
+    return out
 
 
 @app.command("profile")
@@ -88,6 +120,7 @@ def profile_cmd(
     emissions: bool = typer.Option(True, "--emissions/--no-emissions", help="codecarbon whole-run summary"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write the versioned profile JSON here"),
     as_json: bool = typer.Option(False, "--json", help="print the profile JSON instead of the table"),
+    strict: bool = typer.Option(False, "--strict", help="refuse to write a profile measured on a contended machine"),
 ) -> None:
     """Measure per-stage latency, energy, memory, FLOPs and cut payloads on this machine."""
     from coinfer.profiler.measure import ProfileOptions, parse_context_list, run_profile, validate_options
@@ -105,6 +138,7 @@ def profile_cmd(
         threads=threads,
         power_w=power_w,
         emissions=emissions,
+        strict=strict,
     )
     validate_options(opts)
     if output is not None:
@@ -124,13 +158,20 @@ def profile_cmd(
             bar.update(task, description=what, completed=done, total=total)
 
         profile = run_profile(model, opts, progress)
+    from coinfer.quiet import warning_line
+
+    loud = warning_line(profile.contention, "this profile")
+    if loud:
+        err_console.print(loud, markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         write_json(profile, output)
     if as_json:
         print(to_json(profile), end="")
         return
     console.print(render_profile(profile))
+    for line in bandwidth_lines(profile):
+        console.print(line, markup=False, highlight=False)
     for note in profile.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     if output is not None:
-        console.print(f"wrote {output}")
+        console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
