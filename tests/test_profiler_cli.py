@@ -31,8 +31,14 @@ def test_writes_a_loadable_profile_and_prints_the_table(tiny_folder, tmp_path, c
     assert [s.name for s in p.stages] == ["embed", "block.0", "block.1", "head"]
     assert p.context.energy_source == "estimate" and p.context.power_w == 5.0
     assert p.gemm_peak_flops_per_s > 0
+    bw = p.memory_bandwidth
+    assert bw.bytes_per_s == max(bw.copy_bytes_per_s, bw.triad_bytes_per_s) > 0 and bw.buffer_bytes >= 256 * 2**20
+    assert p.contention is not None and p.contention.threads == 1 and len(p.contention.kernel_checks) == 5
     text = capsys.readouterr().out
     assert "block.1" in text and "cov " in text and "ESTIMATE" in text and f"wrote {out}" in text
+    # the decode step's share of the memory bandwidth, per stage in the table and for the whole model
+    whole = p.whole_model.decode[0]
+    assert "of BW" in text and f"whole model at {whole.bandwidth_fraction:.0%} of memory bandwidth" in text
 
 
 def test_json_prints_the_profile(tiny_folder, capsys):
@@ -85,7 +91,8 @@ def test_random_weights_are_labelled(capsys):
     cfg = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=50)
     p = profile_loaded(
         build_from_config(cfg, name="tiny"),
-        ProfileOptions(seq_len=4, decode_context=[], repeats=1, warmup=0, threads=1, power_w=1.0, emissions=False, gemm=False),
+        ProfileOptions(seq_len=4, decode_context=[], repeats=1, warmup=0, threads=1, power_w=1.0, emissions=False, gemm=False,
+                       bandwidth=False),
     )
     from rich.console import Console
 
