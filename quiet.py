@@ -44,6 +44,10 @@ CROWDING_LIMIT_CORES = 0.5
 KERNEL_SIDE = {"cpu": 384, "cuda": 2048}
 KERNEL_REPEATS = 9  # runs per check: the median
 CALIBRATION_REPEATS = 21  # runs the first time a kernel is seen in this process: the best
+# Under contention one run can take 100x longer: a check stops after this long (3 runs at least),
+# so watching a contended measurement costs a fraction of a second per check, not seconds.
+CHECK_BUDGET_S = 0.25
+MIN_RUNS = 3
 
 # (device, side, threads) -> fastest single kernel run in this process, ms
 _best_ms: dict[tuple[str, int, int], float] = {}
@@ -117,7 +121,8 @@ class QuietWatch:
         slowdown = max(c.slowdown for c in checks)
         return Contention(
             verdict=verdict(slowdown, others - spare),  # type: ignore[arg-type]
-            kernel=f"fp32 GEMM {self.side}x{self.side} on {self.device}, {self.threads} threads, median of {KERNEL_REPEATS}",
+            kernel=f"fp32 GEMM {self.side}x{self.side} on {self.device}, {self.threads} threads, median of "
+            f"{MIN_RUNS}-{KERNEL_REPEATS} runs per check",
             kernel_best_ms=best,
             kernel_checks=checks,
             kernel_slowdown=slowdown,
@@ -133,7 +138,8 @@ class QuietWatch:
         )
 
     def _runs(self, n: int) -> list[float]:
-        """``n`` timed runs of the kernel with the measurement's threads, ms; updates the best."""
+        """Up to ``n`` timed runs of the kernel with the measurement's threads (fewer when they are slow), ms;
+        updates the best."""
         import torch
 
         if self._mats is None:
@@ -149,11 +155,14 @@ class QuietWatch:
             with torch.no_grad():
                 a @ b  # not timed: wakes the thread pool / the GPU
                 sync()
+                start = time.perf_counter()
                 for _ in range(n):
                     t0 = time.perf_counter()
                     a @ b
                     sync()
                     times.append((time.perf_counter() - t0) * 1e3)
+                    if len(times) >= MIN_RUNS and time.perf_counter() - start > CHECK_BUDGET_S * (n / KERNEL_REPEATS):
+                        break
         finally:
             torch.set_num_threads(prev)
         _best_ms[self._key] = min(_best_ms.get(self._key, float("inf")), min(times))

@@ -172,6 +172,7 @@ def profile_cmd(
     for line in bandwidth_lines(profile):
         console.print(line, markup=False, highlight=False)
     for note in profile.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        if note != loud:  # already on stderr
+            console.print(f"note: {note}", markup=False, highlight=False)
     if output is not None:
         console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)

@@ -6,7 +6,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from coinfer.cli.app import app, console
+from coinfer.cli.app import app, console, err_console
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
@@ -29,6 +29,7 @@ def prune_cmd(
     repeats: int = typer.Option(10, "--repeats", help="timed repeats per model (medians reported)"),
     no_speed: bool = typer.Option(False, "--no-speed", help="skip the speed measurement"),
     output: str = typer.Option("prune.json", "--output", "-o", help="pruning report (JSON)"),
+    strict: bool = typer.Option(False, "--strict", help="refuse to write speed-ups measured on a contended machine"),
 ) -> None:
     """Prune attention heads and MLP channels at several ratios; measure what each costs and gains."""
     from coinfer.pruner.api import PruneOptions, parse_ratios, run_prune
@@ -36,9 +37,15 @@ def prune_cmd(
     opts = PruneOptions(
         model=model, ratios=parse_ratios(ratios), split=split, scope=scope, importance=importance, calib=calib,
         export_dir=export, force=force, onnx=onnx, seq_len=seq_len, max_windows=windows, repeats=repeats,
-        measure_speed=not no_speed, output=output,
+        measure_speed=not no_speed, output=output, strict=strict,
     )
     rep = run_prune(opts)
+    from coinfer.quiet import warning_line
+
+    loud = [warning_line(r.speedup.contention if r.speedup else None, f"the speed-up at ratio {r.requested_ratio:g}")
+            for r in rep.results]
+    for line in filter(None, loud):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     m = rep.model
     console.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights}) scope={rep.scope}"
@@ -55,7 +62,7 @@ def prune_cmd(
     table.caption = (
         "removed: fraction of scope parameters; D_w/D_y: parameter/output distortion; "
         + ("KL: next-token nats; " if m.is_decoder else "cos: pooled-embedding cosine; ")
-        + "prefill x: measured speed-up (FLOPs ratio)"
+        + "prefill x: measured speed-up (FLOPs ratio); ! measured on a contended machine"
     )
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
@@ -71,7 +78,8 @@ def prune_cmd(
         ]
         if m.is_decoder:
             row.append(_f(d.perplexity_after, ".3g"))
-        row.append(f"{s.prefill_measured:.2f} ({s.prefill_flops_ratio:.2f})" if s else "-")
+        busy = "!" if s and s.contention and s.contention.verdict == "contended" else ""
+        row.append(f"{s.prefill_measured:.2f}{busy} ({s.prefill_flops_ratio:.2f})" if s else "-")
         if m.is_decoder:
             row.append(_f(s.decode_measured if s else None, ".2f"))
         table.add_row(*row)
@@ -85,7 +93,8 @@ def prune_cmd(
     )
     for r in rep.results:
         for n in r.notes:
-            console.print(f"ratio {r.requested_ratio:g}: {n}", markup=False, highlight=False)
+            if n not in loud:  # already on stderr
+                console.print(f"ratio {r.requested_ratio:g}: {n}", markup=False, highlight=False)
         if r.onnx_max_abs_diff:
             diffs = ", ".join(f"{k} tok {v:.2g}" for k, v in r.onnx_max_abs_diff.items())
             console.print(f"ratio {r.requested_ratio:g}: ONNX vs torch max |diff|: {diffs}", markup=False, highlight=False)

@@ -63,6 +63,7 @@ def run_cmd(
     server_profile: str = typer.Option(None, "--server-profile", help="the server's profile (default: the device's)"),
     prune_report: str = typer.Option(None, "--prune-report", help="run the shards 'coinfer prune' exported (sha256-checked)"),
     ratio: float = typer.Option(None, "--ratio", help="which pruning ratio of --prune-report"),
+    strict: bool = typer.Option(False, "--strict", help="refuse to write a result measured on a contended machine"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -73,6 +74,7 @@ def run_cmd(
         batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, threads=threads,
         warmup=warmup, repeats=repeats, timeout_s=timeout_s, out=None if role == "server" else out, check=check,
         device_profile=device_profile, server_profile=server_profile, prune_report=prune_report, ratio=ratio,
+        strict=strict,
     )
     if role == "server":
         console.print("note: gloo has no authentication or encryption; listen on loopback or a trusted network only")
@@ -114,6 +116,12 @@ def _render(r: Any, out: str) -> None:
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"
         console.print(f"{what} identical to the unsplit model: {'yes' if r.matches_unsplit else 'NO'}")
+    from coinfer.quiet import warning_line
+
+    loud = warning_line(r.contention, "this run")
+    if loud:
+        err_console.print(loud, markup=False, highlight=False, soft_wrap=True)
     for note in r.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    console.print(f"wrote {out}")
+        if note != loud:  # already on stderr
+            console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)

@@ -33,6 +33,7 @@ class PruneOptions:
         measure_speed: Time prefill/decode (off in quick tests).
         round_to: Kept MLP width rounded to a multiple of this.
         output: Report path (checked writable before any work).
+        strict: Refuse (raise, writing nothing) when a speed measurement ran on a contended machine.
     """
 
     model: str
@@ -51,6 +52,7 @@ class PruneOptions:
     round_to: int = 8
     output: str | None = None
     seed: int = 0
+    strict: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -122,6 +124,8 @@ def run_prune(opts: PruneOptions) -> Any:
 
     Raises:
         UserInputError: Bad options, calibration file or split (before any work is written).
+        ContendedMeasurementError: ``opts.strict`` and a speed-up was measured on a contended machine
+            (no report, no export written; earlier ones intact).
     """
     from coinfer.pruner import calibration
 

@@ -100,3 +100,22 @@ def test_random_weights_are_labelled(capsys):
     console.print(render_profile(p))
     assert "weights: random" in console.export_text()
     assert p.notes[0].startswith("weights: random")
+
+
+def test_contended_profile_is_flagged_and_strict_keeps_the_previous_file(tiny_folder, tmp_path, capsys, monkeypatch,
+                                                                         contended_watch):
+    from coinfer.profiler import measure
+
+    monkeypatch.setattr(measure, "QuietWatch", contended_watch)
+    args = ["profile", "--model", tiny_folder, *FAST]
+    assert main([*args, "--json"]) == 0
+    std = capsys.readouterr()
+    data = json.loads(std.out)  # the warning goes to stderr: stdout stays JSON
+    assert data["contention"]["verdict"] == "contended"
+    warnings = [ln for ln in std.err.splitlines() if "CONTENDED" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: this profile was CONTENDED")
+    out = tmp_path / "p.json"
+    out.write_text("previous")
+    assert main([*args, "--strict", "-o", str(out)]) == 2
+    _one_line_error(capsys, "--strict: the profile was contended, nothing written: reference kernel 4.00x")
+    assert out.read_text() == "previous" and os.listdir(tmp_path) == ["p.json"]
