@@ -111,8 +111,8 @@ class KernelCheck(Schema):
     """One timing of the quiet check's reference kernel (see :mod:`coinfer.quiet`)."""
 
     label: str = Field(description="when it ran: 'before', 'after prefill', 'after', ...")
-    median_ms: float = Field(ge=0, description="median of the kernel's repeats at this point")
-    slowdown: float = Field(ge=0, description="median_ms over the best single run seen in this process")
+    lower_quartile_ms: float = Field(ge=0, description="lower quartile of the kernel's runs at this point")
+    slowdown: float = Field(ge=0, description="lower_quartile_ms over the best single run seen in this process")
 
 
 class Contention(Schema):

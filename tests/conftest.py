@@ -86,7 +86,7 @@ def contended_watch():
 
     record = Contention(verdict="contended", kernel="fake", kernel_best_ms=1.0, kernel_slowdown=4.0, window_s=2.0,
                         other_cpu_cores=1.5, logical_cpus=2, threads=2, spare_cores=0.0, crowding_cores=1.5,
-                        slowdown_limit=1.3, crowding_limit_cores=0.5)
+                        slowdown_limit=1.5, crowding_limit_cores=0.5)
 
     class ContendedWatch:
         def __init__(self, device="cpu", threads=None):

@@ -104,7 +104,7 @@ def test_a_quiet_single_thread_measurement_is_not_flagged(tiny_gpt2):
 
 @pytest.mark.parametrize(
     "slowdown, crowding, want",
-    [(1.0, 0.0, "quiet"), (1.3, 0.5, "quiet"), (5.0, 0.0, "busy"), (1.0, 3.0, "busy"), (1.31, 0.51, "contended")],
+    [(1.0, 0.0, "quiet"), (1.5, 0.5, "quiet"), (5.0, 0.0, "busy"), (1.0, 3.0, "busy"), (1.51, 0.51, "contended")],
 )
 def test_rule_needs_both_signals(slowdown, crowding, want):
     assert quiet.verdict(slowdown, crowding) == want
@@ -113,7 +113,7 @@ def test_rule_needs_both_signals(slowdown, crowding, want):
 def _record(verdict: str) -> Contention:
     return Contention(verdict=verdict, kernel="k", kernel_best_ms=1.0, kernel_slowdown=2.5, window_s=3.0,
                       other_cpu_cores=1.75, logical_cpus=2, threads=2, spare_cores=0.0, crowding_cores=1.75,
-                      slowdown_limit=1.3, crowding_limit_cores=0.5)
+                      slowdown_limit=1.5, crowding_limit_cores=0.5)
 
 
 def test_lines_and_strict_refusal():
