@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from coinfer.errors import ContendedMeasurementError
@@ -229,3 +231,49 @@ def refuse_if_strict(c: Contention | None, strict: bool, what: str) -> None:
     """
     if strict and c is not None and c.verdict == "contended":
         raise ContendedMeasurementError(f"--strict: {what} was contended, nothing written: {evidence(c)}")
+
+
+_HOG_LAUNCHER = (
+    "import subprocess, sys\n"
+    "null = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "ps = [subprocess.Popen([sys.executable, '-c', 'while True: pass'], **null) for _ in range(int(sys.argv[1]))]\n"
+    "print(' '.join(str(p.pid) for p in ps), flush=True)\n"
+)
+
+
+@contextmanager
+def cpu_hogs(n: int, timeout_s: float = 30.0) -> Iterator[list[Any]]:
+    """``n`` busy-looping processes for the duration: what this check must notice (tests, benchmarks).
+
+    They are started through a launcher that exits at once, so they are not this process's
+    descendants (the check counts its own process tree's CPU as the measurement's), and the block
+    starts only once every one of them has spun for a while. They are killed by pid on exit and
+    waited for.
+
+    Yields:
+        Their ``psutil.Process`` objects (read ``cpu_times()`` to check that they ran).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    out = subprocess.run([sys.executable, "-c", _HOG_LAUNCHER, str(n)], capture_output=True, text=True, check=True,
+                         timeout=timeout_s)
+    hogs = [psutil.Process(int(pid)) for pid in out.stdout.split()]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(sum(h.cpu_times()[:2]) < 0.05 for h in hogs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the CPU hogs never started spinning")
+            time.sleep(0.05)
+        yield hogs
+    finally:
+        for h in hogs:
+            try:
+                os.kill(h.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        psutil.wait_procs(hogs, timeout=timeout_s)  # gone (reaped by init) before the caller goes on

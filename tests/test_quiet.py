@@ -1,18 +1,15 @@
 """The quiet check (coinfer.quiet): its rule, a real CPU hog flagged, a quiet measurement not flagged.
 
-The hog is a busy loop in as many processes as there are CPUs. They are started through a
-launcher that exits at once, so they are not descendants of this process: the check counts this
-process tree's CPU as its own, and a hog must look like another program. They are killed by pid.
-The test waits until every hog is spinning and checks they really ran during the measurement.
+The hog is a busy loop in as many processes as there are CPUs (:func:`coinfer.quiet.cpu_hogs`:
+not descendants of this process, since the check counts this process tree's CPU as its own; it
+waits until every hog spins and kills them by pid). The test checks they really ran during the
+measurement.
 No timing is asserted: only the verdicts and the evidence the rule read.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -25,33 +22,6 @@ from coinfer.profiler import measure
 from coinfer.profiler.hardware import physical_cores
 from coinfer.profiler.measure import ProfileOptions, profile_loaded
 from coinfer.reports.common import Contention
-
-_LAUNCH = (
-    "import subprocess, sys\n"
-    "n = int(sys.argv[1])\n"
-    "quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-    "ps = [subprocess.Popen([sys.executable, '-c', 'while True: pass'], **quiet) for _ in range(n)]\n"
-    "print(' '.join(str(p.pid) for p in ps), flush=True)\n"
-)
-
-
-def _start_hogs(n: int) -> list[psutil.Process]:
-    """``n`` busy-looping processes that are not this process's descendants, once all of them spin."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCH, str(n)], capture_output=True, text=True, check=True, timeout=60)
-    hogs = [psutil.Process(int(pid)) for pid in out.stdout.split()]
-    deadline = time.monotonic() + 30
-    while any(sum(h.cpu_times()[:2]) < 0.05 for h in hogs):  # each has spun for a while
-        assert time.monotonic() < deadline, "the hog processes never started spinning"
-        time.sleep(0.05)
-    return hogs
-
-
-def _stop(hogs: list[psutil.Process]) -> None:
-    for h in hogs:
-        try:
-            os.kill(h.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _cpu_s(hogs: list[psutil.Process]) -> float:
@@ -73,13 +43,12 @@ def tiny_gpt2(tiny_config, monkeypatch):
 def test_a_cpu_hog_is_flagged_with_its_evidence(tiny_gpt2):
     threads = physical_cores()
     quiet.QuietWatch("cpu", threads).start().stop()  # the kernel's best in this process, before the hog
-    hogs = _start_hogs(os.cpu_count() or 1)
-    try:
+    with quiet.cpu_hogs(os.cpu_count() or 1) as hogs:
+        assert not set(hogs) & set(psutil.Process().children(recursive=True))  # other processes, not ours
         before, t0 = [_cpu_s([h]) for h in hogs], time.perf_counter()
         p = profile_loaded(tiny_gpt2, _opts(threads))
         ran, wall = [_cpu_s([h]) - b for h, b in zip(hogs, before, strict=True)], time.perf_counter() - t0
-    finally:
-        _stop(hogs)
+    assert not any(h.is_running() for h in hogs)  # killed on exit
     # every hog spun during the profile (on a machine busy with other work too they get less than a core)
     assert min(ran) > 0 and sum(ran) > 0.1 * wall, f"the hogs used {ran} CPU s in {wall:.2f} s"
     c = p.contention
