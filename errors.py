@@ -37,3 +37,7 @@ class DeviceUnavailableError(UserInputError):
 
 class InfeasibleError(CoinferError):
     """No plan satisfies the budgets."""
+
+
+class ContendedMeasurementError(CoinferError):
+    """Under --strict: a timed measurement ran while other processes crowded the machine."""

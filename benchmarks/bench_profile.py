@@ -9,7 +9,12 @@ and reports:
 - repeatability: per-stage ratio of the second profile's median to the first's (prefill and every
   decode context); target: every stage within 10% (|ratio - 1| <= 0.10);
 - wall time of a default profile (model load included), target < 60 s for GPT-2 and < 5 min for
-  the 1.1B preset on the CPU.
+  the 1.1B preset on the CPU;
+- the memory bandwidth each profile measured, and the share of it that decode reached: per
+  context the whole model's (bytes a step reads / bandwidth / measured time) and the blocks'
+  (min, median, max), with the bound in ms;
+- each profile's quiet-check verdict and evidence (coinfer.quiet): figures from a contended
+  profile are not figures of this machine.
 
 The real figures (quiet machine, the CLI's defaults: 128 tokens, contexts 128/512/2048 that fit,
 10 repeats, 2 warm-ups, emissions on)::
@@ -56,6 +61,25 @@ def _ratios(a: Any, b: Any) -> dict[str, Any]:
     )
     total = sum(1 for v in rows.values() for r in [v["prefill"], *v["decode"]] if r is not None)
     return {"per_stage": rows, "max_abs_deviation": worst, "within_10pct": within, "compared": total}
+
+
+def _bandwidth_share(p: Any) -> dict[str, Any]:
+    """The memory bandwidth and, per decode context, the whole model's and the blocks' share of it."""
+    from statistics import median
+
+    bw = p.memory_bandwidth
+    per_ctx = {}
+    for i, d in enumerate(p.whole_model.decode):
+        blocks = [s.decode[i].bandwidth_fraction for s in p.stages if s.stage_kind == "block"]
+        blocks = [b for b in blocks if b is not None]
+        per_ctx[str(d.context_tokens)] = {
+            "whole_fraction": d.bandwidth_fraction,
+            "whole_bound_ms": d.bandwidth_bound_ms,
+            "whole_measured_ms": d.timing.median_ms,
+            "read_bytes": d.read_bytes,
+            "block_fraction_min_median_max": [min(blocks), median(blocks), max(blocks)] if blocks else None,
+        }
+    return {"bandwidth": bw.model_dump(mode="json") if bw else None, "decode": per_ctx}
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -112,6 +136,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "gemm_peak_flops_per_s": first.gemm_peak_flops_per_s,
+        "memory_bandwidth_share": {"first": _bandwidth_share(first), "second": _bandwidth_share(second)},
+        "contention": {
+            "first": first.contention.model_dump(mode="json") if first.contention else None,
+            "second": second.contention.model_dump(mode="json") if second.contention else None,
+        },
         "energy_source": first.context.energy_source,
         "noisy_stages": [s.name for s in first.stages if s.noisy],
         "context": first.context.model_dump(mode="json"),
@@ -164,6 +193,18 @@ def main() -> int:
             f"({r['repeatability']['within_10pct']}/{r['repeatability']['compared']} within 10%)",
             flush=True,
         )
+        share = r["memory_bandwidth_share"]["first"]
+        if share["bandwidth"]:
+            per = ", ".join(
+                f"@{c} whole {v['whole_fraction']:.0%} (bound {v['whole_bound_ms']:.3g} ms, measured "
+                f"{v['whole_measured_ms']:.3g} ms), blocks {'/'.join(f'{x:.0%}' for x in v['block_fraction_min_median_max'])}"
+                for c, v in share["decode"].items()
+                if v["whole_fraction"] is not None
+            )
+            print(f"  memory bandwidth {share['bandwidth']['bytes_per_s'] / 1e9:.3g} GB/s "
+                  f"({share['bandwidth']['method']}); decode share (min/median/max for blocks): {per}", flush=True)
+        verdicts = [c["verdict"] if c else "-" for c in r["contention"].values()]
+        print(f"  quiet check of the two profiles: {', '.join(verdicts)}", flush=True)
     doc = {
         "benchmark": "bench_profile",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

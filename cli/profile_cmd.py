@@ -42,8 +42,17 @@ def _fmt_j(x: float | None, estimate: bool) -> str:
     return f"~{x:.3g}" if estimate else f"{x:.3g}"
 
 
+def _fmt_bw(costs) -> str:
+    """Decode steps' shares of the memory bandwidth, one per context: ``38/41/52%``."""
+    shares = [d.bandwidth_fraction for d in costs]
+    if not shares or any(x is None for x in shares):
+        return "-"
+    return "/".join(f"{100 * x:.0f}" for x in shares) + "%"
+
+
 def render_profile(profile) -> Table:
-    """The end-of-run table: stage, prefill ms, decode ms, energy, payload bytes, share of total.
+    """The end-of-run table: stage, prefill ms, decode ms, energy, share of GEMM peak (prefill) and of
+    memory bandwidth (decode, per context), payload bytes, share of total.
 
     Energy estimates are marked ``~``; noisy stages (IQR over median above 10%) get a ``*``.
     """
@@ -54,7 +63,10 @@ def render_profile(profile) -> Table:
         f"{profile.model.name} on {ctx.device} {ctx.dtype}, batch {ctx.batch}, {ctx.seq_len} tokens, "
         f"{ctx.threads} threads, weights: {profile.model.weights_label}"
     )
-    table = Table(title=title, caption="* noisy (IQR/median > 10%)   ~ estimate, not a measurement")
+    caption = "* noisy (IQR/median > 10%)   ~ estimate, not a measurement"
+    if profile.memory_bandwidth is not None and ctx.decode_context_tokens:
+        caption += "   of BW: decode bytes / memory bandwidth / time, per context"
+    table = Table(title=title, caption=caption)
     width = max(len(s.name) for s in profile.stages) + 2
     table.add_column("stage", no_wrap=True, min_width=max(width, 11))
     table.add_column("prefill ms", justify="right")
@@ -62,6 +74,7 @@ def render_profile(profile) -> Table:
         table.add_column(f"dec ms @{c}", justify="right")
     table.add_column(f"J ({ctx.energy_source})", justify="right")
     table.add_column("of peak", justify="right")
+    table.add_column("of BW", justify="right")
     table.add_column("cut B fp32", justify="right")
     table.add_column("share", justify="right")
     for s in profile.stages:
@@ -72,6 +85,7 @@ def render_profile(profile) -> Table:
             *[_fmt_ms(d.timing.median_ms) for d in s.decode],
             _fmt_j(s.prefill_energy_j, estimate),
             frac,
+            _fmt_bw(s.decode),
             f"{s.payload_after['fp32'].prefill_bytes:,}",
             f"{s.prefill.median_ms / total:.1%}",
         )
@@ -83,10 +97,28 @@ def render_profile(profile) -> Table:
             *[_fmt_ms(d.timing.median_ms) for d in wm.decode],
             "",
             "",
+            _fmt_bw(wm.decode),
             "",
             f"cov {wm.prefill_coverage:.2f}",
         )
     return table
+
+
+def bandwidth_lines(profile) -> list[str]:
+    """How far whole-model decode is from the memory-bandwidth limit, one line per context."""
+    bw, wm = profile.memory_bandwidth, profile.whole_model
+    if bw is None or wm is None:
+        return []
+    out = []
+    for d in wm.decode:
+        if d.read_bytes is None or d.bandwidth_bound_ms is None or d.bandwidth_fraction is None:
+            continue
+        out.append(
+            f"decode @{d.context_tokens}: whole model at {d.bandwidth_fraction:.0%} of memory bandwidth: "
+            f"{d.read_bytes / 1e6:,.1f} MB per step / {bw.bytes_per_s / 1e9:.3g} GB/s = bound {d.bandwidth_bound_ms:.3g} ms, "
+            f"measured {d.timing.median_ms:.3g} ms ({d.timing.median_ms / d.bandwidth_bound_ms:.1f}x the bound)"
+        )
+    return out
 
 
 # Notes on how the profiler measures (the same for every run): shown with -v.
@@ -124,6 +156,8 @@ def profile_cmd(
     as_json: bool = json_option("profile"),
     quiet: bool = quiet_option(),
     verbose: bool = verbose_option(),
+    strict: bool = typer.Option(False, "--strict", rich_help_panel=MEASUREMENT,
+                                help="refuse to write a profile measured on a contended machine (exit 2)"),
 ) -> None:
     """Measure per-stage latency, energy, memory, FLOPs and cut payloads on this machine."""
     from coinfer.profiler.measure import ProfileOptions, parse_context_list, run_profile, validate_options
@@ -143,6 +177,7 @@ def profile_cmd(
         threads=threads or physical_cores(),
         power_w=None if power is None else _positive(parse_power_w(power, "--power"), power, "--power"),
         emissions=emissions,
+        strict=strict,
     )
     validate_options(opts)
     with out.work(f"profiling {model}", spinner=False), Progress(
@@ -160,19 +195,32 @@ def profile_cmd(
             bar.update(task, description=what, completed=done, total=total)
 
         profile = run_profile(model, opts, progress)
+    from coinfer.quiet import warning_line
+
+    loud = warning_line(profile.contention, "this profile")
+    if loud:
+        err_console.print(loud, markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         write_json(profile, output)
     if as_json:
         out.emit_json(profile)
         return
-    render(profile, out)
+    render(profile, out, on_stderr=loud)
     out.wrote(output)
 
 
-def render(profile: Any, out: Output) -> None:
-    """The table and notes ``coinfer profile`` prints for a profile (also ``coinfer show``)."""
+def render(profile: Any, out: Output, on_stderr: str | None = None) -> None:
+    """The table and notes ``coinfer profile`` prints for a profile (also ``coinfer show``).
+
+    Args:
+        profile: The profile.
+        out: How to print.
+        on_stderr: A note already printed on stderr (the contention warning), not repeated.
+    """
     out.print(render_profile(profile))
-    out.notes(profile.notes, lambda n: n.startswith(METHOD_NOTES))
+    for line in bandwidth_lines(profile):
+        out.print(line, markup=False, highlight=False)
+    out.notes([n for n in profile.notes if n != on_stderr], lambda n: n.startswith(METHOD_NOTES))
 
 
 def _positive(value: float, text: str, option: str) -> float:

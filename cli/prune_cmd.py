@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -9,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from coinfer.cli.app import err_console
 from coinfer.cli.common import (
     MEASUREMENT,
     OUTPUT,
@@ -82,6 +84,8 @@ def prune_cmd(
     as_json: bool = json_option("pruning report"),
     quiet: bool = quiet_option(),
     verbose: bool = verbose_option(),
+    strict: bool = typer.Option(False, "--strict", rich_help_panel=MEASUREMENT,
+                                help="refuse to write speed-ups measured on a contended machine (exit 2)"),
 ) -> None:
     """Prune attention heads and MLP channels at several ratios; measure what each costs and gains."""
     from coinfer.pruner.api import PruneOptions, parse_ratios, run_prune
@@ -93,19 +97,31 @@ def prune_cmd(
     opts = PruneOptions(
         model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value,
         calib=calib, export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,
-        repeats=repeats, measure_speed=not no_speed, output=output, threads=threads or physical_cores(),
+        repeats=repeats, measure_speed=not no_speed, output=output, threads=threads or physical_cores(), strict=strict,
     )
     with out.work(f"pruning {model} at {ratios}"):
         rep = run_prune(opts)
+    from coinfer.quiet import warning_line
+
+    loud = [line for r in rep.results if (line := warning_line(r.speedup.contention if r.speedup else None,
+                                                               f"the speed-up at ratio {r.requested_ratio:g}"))]
+    for line in loud:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     if as_json:
         out.emit_json(rep)
         return
-    render(rep, out)
+    render(rep, out, on_stderr=loud)
     out.wrote(output)
 
 
-def render(rep: Any, out: Output) -> None:
-    """What ``coinfer prune`` prints for a pruning report (also ``coinfer show``)."""
+def render(rep: Any, out: Output, on_stderr: Sequence[str] = ()) -> None:
+    """What ``coinfer prune`` prints for a pruning report (also ``coinfer show``).
+
+    Args:
+        rep: The pruning report.
+        out: How to print.
+        on_stderr: Notes already printed on stderr (contention warnings), not repeated.
+    """
     m = rep.model
     out.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights_label}) scope={rep.scope}"
@@ -121,7 +137,8 @@ def render(rep: Any, out: Output) -> None:
         f"empirical C = {_f(rep.empirical_c)}; bound D_y <= C_fit * D_w on held-out windows: "
         + ("-" if rep.bound_holds is None else ("holds" if rep.bound_holds else "violated"))
     )
-    out.notes([f"ratio {r.requested_ratio:g}: {n}" for r in rep.results for n in r.notes], prefix="")
+    out.notes([f"ratio {r.requested_ratio:g}: {n}" for r in rep.results for n in r.notes if n not in on_stderr],
+              prefix="")
     for r in rep.results:
         if r.onnx_max_abs_diff:
             diffs = ", ".join(f"{k} tok {v:.2g}" for k, v in r.onnx_max_abs_diff.items())
@@ -143,7 +160,7 @@ def _table(rep) -> Table:
     table.caption = (
         "removed: fraction of scope parameters; D_w/D_y: parameter/output distortion; "
         + ("KL: next-token nats; " if m.is_decoder else "cos: pooled-embedding cosine; ")
-        + "prefill x: measured speed-up (FLOPs ratio)"
+        + "prefill x: measured speed-up (FLOPs ratio); ! measured on a contended machine"
     )
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
@@ -159,7 +176,8 @@ def _table(rep) -> Table:
         ]
         if m.is_decoder:
             row.append(_f(d.perplexity_after, ".3g"))
-        row.append(f"{s.prefill_measured:.2f} ({s.prefill_flops_ratio:.2f})" if s else "-")
+        busy = "!" if s and s.contention and s.contention.verdict == "contended" else ""
+        row.append(f"{s.prefill_measured:.2f}{busy} ({s.prefill_flops_ratio:.2f})" if s else "-")
         if m.is_decoder:
             row.append(_f(s.decode_measured if s else None, ".2f"))
         table.add_row(*row)

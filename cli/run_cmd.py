@@ -150,6 +150,8 @@ def run_cmd(
     robustness: str | None = typer.Option(
         None, "--robustness", metavar="FILE", rich_help_panel=CHANNEL,
         help="robustness profile from 'coinfer channel': its prediction beside the measured quality"),
+    strict: bool = typer.Option(False, "--strict", rich_help_panel=MEASUREMENT,
+                                help="refuse to write a result measured on a contended machine (exit 2)"),
 ) -> None:
     """Run a split for real (both roles here, or one role per machine) and compare with the plan."""
     from coinfer.runner.api import RunOptions, run_command
@@ -179,6 +181,7 @@ def run_cmd(
         token_file=token_file, max_sessions=max_sessions,
         precision=precision.value, engine=engine.value,
         erasure=erasure, snr_db=snr_db, robustness=robustness,
+        strict=strict,
     )
     if role == Role.server:
         def server_log(ev: dict[str, Any]) -> None:
@@ -202,7 +205,12 @@ def run_cmd(
     if as_json:
         out.emit_json(result)
         return
-    render(result, out)
+    from coinfer.quiet import warning_line
+
+    loud = warning_line(result.contention, "this run")
+    if loud:
+        err_console.print(loud, markup=False, highlight=False, soft_wrap=True)
+    render(result, out, on_stderr=loud)
     out.wrote(output)
 
 
@@ -210,8 +218,14 @@ def _log_event(ev: dict[str, Any]) -> None:
     err_console.print(_event_text(ev), markup=False, highlight=False)
 
 
-def render(r: Any, out: Output) -> None:
-    """What ``coinfer run`` prints for a run result (also ``coinfer show``)."""
+def render(r: Any, out: Output, on_stderr: str | None = None) -> None:
+    """What ``coinfer run`` prints for a run result (also ``coinfer show``).
+
+    Args:
+        r: The run result.
+        out: How to print.
+        on_stderr: A note already printed on stderr (the contention warning), not repeated.
+    """
     link = r.link
     shaped = f"{fmt_rate(link.rate_bps)} (tc tbf)" if link.rate_bps else "unshaped loopback"
     rtt = f", RTT {link.rtt_ms:g} ms (emulated at transport)" if link.rtt_ms else ""
@@ -250,7 +264,7 @@ def render(r: Any, out: Output) -> None:
         out.print(f"{what} identical to {ref}: {'yes' if r.matches_unsplit else 'NO'}")
     if r.channel is not None:
         _render_channel(r.channel, r.model.is_decoder, out)
-    out.notes(r.notes)
+    out.notes([n for n in r.notes if n != on_stderr])
 
 
 def _render_channel(c: Any, decoder: bool, out: Output) -> None:

@@ -348,6 +348,8 @@ def _ratio_options(prune: PruneReport | None, num_blocks: int, notes: list[str])
                 notes.append(f"prune ratio {r:g}: no measured decode speed-up; decode planned with none")
             else:
                 sd = res.speedup.decode_measured
+            if res.speedup.contention is not None and res.speedup.contention.verdict == "contended":
+                notes.append(f"prune ratio {r:g}: speed-up measured on a CONTENDED machine; it may be wrong either way")
         scale = np.ones(n_st)
         for b in res.blocks:
             if b.name not in index:
@@ -412,6 +414,9 @@ def build_cost_model(
         if workload.prompt_tokens != p.context.seq_len:
             notes.append(f"{role} profile measured {p.context.seq_len} prompt tokens; prefill latency and energy "
                          f"scaled linearly to {workload.prompt_tokens}")
+        if p.contention is not None and p.contention.verdict == "contended":
+            notes.append(f"{role} profile was measured on a CONTENDED machine (other processes took the cores it "
+                         "timed on): its latencies are inflated")
     dev = stage_costs(device, "device", workload, is_decoder)
     srv = stage_costs(server, "server", workload, is_decoder)
     if not dev.energy_known:

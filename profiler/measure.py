@@ -10,6 +10,13 @@ sum of stage medians over its median is the coverage. Decoders are also timed on
 time with ``context`` tokens in the KV cache; the cache is restored after each step so the
 context stays fixed. Energy comes from hardware counters over windows of repeated stage calls
 where they exist, otherwise from a power model times the latency, labelled ``estimate``.
+
+Yardsticks, measured once per profile: the GEMM peak (prefill is bound by arithmetic) and the
+memory bandwidth (batch-1 decode reads every weight once per token: the bytes a step reads over
+the bandwidth is the least time it can take; :mod:`coinfer.profiler.bandwidth`). The whole
+measurement is watched by :class:`coinfer.quiet.QuietWatch`: a reference kernel before, between
+and after the phases and the CPU other processes took; a contended profile says so (and is
+refused under ``strict``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from typing import Any
 from coinfer.errors import UserInputError
 from coinfer.models.flops import stage_flops
 from coinfer.models.payload import activation_bytes, token_ids_bytes
+from coinfer.profiler.bandwidth import (
+    bound_and_fraction,
+    decode_read_bytes,
+    embedding_rows_saving,
+    measure_bandwidth,
+)
 from coinfer.profiler.energy import (
     codecarbon_cpu_power_w,
     measure_window,
@@ -46,17 +59,19 @@ from coinfer.profiler.timing import (
     stage_replays,
     timing_of,
 )
+from coinfer.quiet import QuietWatch, note_line, refuse_if_strict, warning_line
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.profile import (
     DecodeCost,
     EmissionsSummary,
     MeasureContext,
+    MemoryBandwidth,
     PayloadBytes,
     Profile,
     StageProfile,
     WholeModel,
 )
-from coinfer.vocab import WIRE_DTYPES, block_index, block_name, max_positions, stage_kind
+from coinfer.vocab import EMBED, WIRE_DTYPES, block_index, block_name, max_positions, stage_kind
 
 DEFAULT_DECODE_CONTEXT = (128, 512, 2048)
 RESULT_ELEMENT_BYTES = 4  # encoders send their embedding back as fp32
@@ -89,6 +104,10 @@ class ProfileOptions:
         max_repeats: Upper bound on the adaptive repeats.
         seed: Seed of the random prompt.
         gemm: Measure the matrix-multiply peak.
+        bandwidth: Measure the memory bandwidth (and each decode step's share of it).
+        bandwidth_buffer_bytes: Bytes per bandwidth buffer (None: 4x the last-level cache, 256 MiB
+            at least).
+        strict: Refuse (raise) a profile measured on a contended machine.
         country_iso_code: Country whose grid codecarbon uses for emissions.
     """
 
@@ -109,6 +128,9 @@ class ProfileOptions:
     max_repeats: int = 500
     seed: int = 0
     gemm: bool = True
+    bandwidth: bool = True
+    bandwidth_buffer_bytes: int | None = None
+    strict: bool = False
     country_iso_code: str = "USA"
     notes: list[str] = field(default_factory=list)
 
@@ -141,6 +163,8 @@ def validate_options(opts: ProfileOptions) -> None:
         raise UserInputError("min_time_s must not be negative and max_repeats must be at least repeats")
     if opts.logits_to_keep < 0:
         raise UserInputError("logits_to_keep must not be negative")
+    if opts.bandwidth_buffer_bytes is not None and opts.bandwidth_buffer_bytes < 2**20:
+        raise UserInputError("bandwidth_buffer_bytes must be at least 1 MiB")
 
 
 def parse_context_list(text: str) -> list[int]:
@@ -186,6 +210,7 @@ def profile_loaded(
 
     Raises:
         UserInputError: The prompt or a requested context does not fit the model's positions.
+        ContendedMeasurementError: ``opts.strict`` and the machine was contended while timing.
     """
     import torch
 
@@ -208,6 +233,7 @@ def profile_loaded(
         profile.notes.append("emissions: codecarbon's whole-run estimate (power model unless it read RAPL)")
     elif opts.emissions:
         profile.notes.append("emissions: codecarbon could not start; no whole-run summary")
+    refuse_if_strict(profile.contention, opts.strict, "the profile")
     return profile
 
 
@@ -280,6 +306,7 @@ class _Setup:
     contexts: list[int]
     dtype: Any  # the torch dtype of weights and activations
     runner: StagedRunner
+    watch: QuietWatch
     ids: Any = None  # the prompt, (batch, seq_len)
     tok: Any = None  # one new token per sequence, (batch, 1)
 
@@ -330,15 +357,17 @@ def _measure(
     progress: Progress | None,
     accelerator: str | None,
 ) -> Profile:
-    """The profile's steps in order: GEMM peak, prefill, decode, memory, energy, assembly, notes."""
+    """The profile's steps in order: quiet watch, GEMM peak, prefill, decode, memory, energy, bandwidth,
+    contention, assembly, notes."""
     import torch
 
     ad = loaded.adapter
     device, B, T = opts.device, opts.batch, opts.seq_len
-    s = _Setup(loaded, opts, contexts, torch_dtype(opts.dtype), StagedRunner(ad, device, opts.logits_to_keep))
-    loaded.model.to(device=device, dtype=s.dtype)
+    dt, runner = torch_dtype(opts.dtype), StagedRunner(ad, device, opts.logits_to_keep)
+    loaded.model.to(device=device, dtype=dt)
+    s = _Setup(loaded, opts, contexts, dt, runner, QuietWatch(device, threads).start())
     reader = open_hardware_reader(device) if opts.energy else None
-    phases = _Phases(progress, 2 + len(contexts) + (1 if reader else 0))
+    phases = _Phases(progress, 2 + len(contexts) + (1 if reader else 0) + (1 if opts.bandwidth else 0))
 
     gemm_peak = _gemm_peak(opts, notes, phases)
     gen = torch.Generator().manual_seed(opts.seed)
@@ -355,12 +384,16 @@ def _measure(
     if reader is not None:
         _energy_windows(s, reader, captured, energy)
 
+    peak_mem, peak_src = run_peak(device, cuda_run_peak)
+    bandwidth = _bandwidth(opts, notes, phases)  # after the run's peak is read: its buffers are not the model's
+    contention = s.watch.stop()
+
     pflops = stage_flops(ad, B, T, 0, opts.logits_to_keep)
     dflops = {c: stage_flops(ad, B, 1, c, opts.logits_to_keep) for c in contexts}
-    stages = _stage_profiles(s, samples, energy, stage_peak, gemm_peak, pflops, dflops)
-    whole = _whole_model(s, samples, stages, dflops)
+    stages = _stage_profiles(s, samples, energy, stage_peak, gemm_peak, bandwidth, pflops, dflops)
+    whole = _whole_model(s, samples, stages, dflops, bandwidth)
     _closing_notes(s, notes, stages, whole, bool(stage_peak))
-    peak_mem, peak_src = run_peak(device, cuda_run_peak)
+    _contention_notes(notes, contention)
     return Profile(
         model=loaded.identity,
         context=_context(s, threads, energy, accelerator),
@@ -369,6 +402,8 @@ def _measure(
         input_payload=PayloadBytes(prefill_bytes=token_ids_bytes(B, T), per_token_bytes=token_ids_bytes(B, 1) if ad.is_decoder else 0),
         result_payload=_result_payload(ad, B),
         gemm_peak_flops_per_s=gemm_peak,
+        memory_bandwidth=bandwidth,
+        contention=contention,
         notes=notes,
         peak_memory_bytes=peak_mem,
         peak_memory_source=peak_src,
@@ -386,15 +421,33 @@ def _gemm_peak(opts: ProfileOptions, notes: list[str], phases: _Phases) -> float
     return peak
 
 
+def _bandwidth(opts: ProfileOptions, notes: list[str], phases: _Phases) -> MemoryBandwidth | None:
+    """The memory bandwidth, STREAM-style (None when not asked for)."""
+    if not opts.bandwidth:
+        return None
+    phases.next("memory bandwidth")
+    bw = measure_bandwidth(opts.device, opts.bandwidth_buffer_bytes)
+    cache = f"the last-level cache is {bw.last_level_cache_bytes / 2**20:g} MiB" if bw.last_level_cache_bytes else "cache size unknown"
+    who = f"{bw.threads} threads" if bw.threads else "device to device"
+    notes.append(
+        f"memory bandwidth: best of {bw.passes} copy and {bw.passes} triad passes over fp32 buffers of "
+        f"{bw.buffer_bytes / 2**20:g} MiB ({cache}), {who}: {bw.bytes_per_s / 1e9:.3g} GB/s ({bw.method}); "
+        "a decode step's share = (weights + KV cache bytes) / bandwidth / measured time"
+    )
+    return bw
+
+
 def _time_prefill(s: _Setup, phases: _Phases) -> _Samples:
     """Prefill of the prompt: stages and the whole model, interleaved."""
     ad, runner = s.ad, s.runner
+    s.watch.checkpoint("before prefill")
     stages, whole = s.interleaved(
         lambda: runner.staged(s.ids, ad.new_state(), 0),
         lambda: runner.whole(s.ids, ad.new_cache() if ad.is_decoder else None),
         None,
         lambda f: phases.report("prefill", f),
     )
+    s.watch.checkpoint("after prefill")
     return _Samples(stages, whole)
 
 
@@ -411,6 +464,7 @@ def _time_decode(s: _Setup, samples: _Samples, phases: _Phases) -> None:
             lambda f, c=c: phases.report(f"decode @ {c}", f),
         )
         del ds
+        s.watch.checkpoint(f"after decode @ {c}")
 
 
 def _capture_and_stage_peaks(s: _Setup, notes: list[str]) -> tuple[list, dict[str, int], int]:
@@ -479,10 +533,11 @@ def _stage_profiles(
     energy: _Energy,
     stage_peak: dict[str, int],
     gemm_peak: float | None,
+    bandwidth: MemoryBandwidth | None,
     pflops: dict[str, float],
     dflops: dict[int, dict[str, float]],
 ) -> list[StageProfile]:
-    """One :class:`StageProfile` per stage from the samples, energy, FLOPs, weights and payloads."""
+    """One :class:`StageProfile` per stage from the samples, energy, FLOPs, weights, bytes read and payloads."""
     import torch
 
     from coinfer.models.summary import stage_param_bytes
@@ -492,15 +547,20 @@ def _stage_profiles(
     el = torch.tensor([], dtype=s.dtype).element_size()
     out = []
     for si, name in enumerate(ad.stage_names()):
+        b = block_index(name)
+        kv = ad.kv_cache_bytes_per_token(b, el) * B if b is not None else 0
+        saving = embedding_rows_saving(ad, B) if name == EMBED else 0
         pre = timing_of(samples.prefill_stages[si])
         dec = []
         for c in s.contexts:
             tm = timing_of(samples.decode_stages[c][si])
-            dec.append(DecodeCost(context_tokens=c, timing=tm, flops=dflops[c][name], energy_j=energy.of(name, tm.median_ms, c)))
+            read = decode_read_bytes(pbytes[name], kv, c, saving)
+            bound, share = bound_and_fraction(read, tm.median_ms, bandwidth)
+            dec.append(DecodeCost(context_tokens=c, timing=tm, flops=dflops[c][name], energy_j=energy.of(name, tm.median_ms, c),
+                                  read_bytes=read, bandwidth_bound_ms=bound, bandwidth_fraction=share))
         frac = None
         if gemm_peak and pflops[name] > 0 and pre.median_ms > 0:
             frac = pflops[name] / (pre.median_ms / 1e3) / gemm_peak
-        b = block_index(name)
         out.append(
             StageProfile(
                 name=name,
@@ -510,7 +570,7 @@ def _stage_profiles(
                 prefill_energy_j=energy.of(name, pre.median_ms),
                 decode=dec,
                 param_bytes=pbytes[name],
-                kv_cache_bytes_per_token=ad.kv_cache_bytes_per_token(b, el) * B if b is not None else 0,
+                kv_cache_bytes_per_token=kv,
                 peak_memory_bytes=stage_peak.get(name),
                 achieved_flops_fraction=frac,
                 payload_after=_payloads_after(name, ad, B, s.opts.seq_len),
@@ -540,13 +600,18 @@ def _result_payload(ad: Any, batch: int) -> PayloadBytes:
     return PayloadBytes(prefill_bytes=batch * ad.hidden_size * RESULT_ELEMENT_BYTES, per_token_bytes=0)
 
 
-def _whole_model(s: _Setup, samples: _Samples, stages: list[StageProfile], dflops: dict[int, dict[str, float]]) -> WholeModel:
-    """The unsplit model's timings and how well the stages add up to them (coverage)."""
+def _whole_model(
+    s: _Setup, samples: _Samples, stages: list[StageProfile], dflops: dict[int, dict[str, float]], bandwidth: MemoryBandwidth | None
+) -> WholeModel:
+    """The unsplit model's timings, bytes a decode step reads, and how well the stages add up (coverage)."""
     whole_pre = timing_of(samples.prefill_whole)
-    whole_dec = [
-        DecodeCost(context_tokens=c, timing=timing_of(samples.decode_whole[c]), flops=sum(dflops[c].values()))
-        for c in s.contexts
-    ]
+    whole_dec = []
+    for i, c in enumerate(s.contexts):
+        tm = timing_of(samples.decode_whole[c])
+        read = sum(st.decode[i].read_bytes or 0 for st in stages)
+        bound, share = bound_and_fraction(read, tm.median_ms, bandwidth)
+        whole_dec.append(DecodeCost(context_tokens=c, timing=tm, flops=sum(dflops[c].values()), read_bytes=read,
+                                    bandwidth_bound_ms=bound, bandwidth_fraction=share))
     pre_cov = sum(st.prefill.median_ms for st in stages) / whole_pre.median_ms if whole_pre.median_ms else 0.0
     dec_cov = [
         sum(st.decode[i].timing.median_ms for st in stages) / wd.timing.median_ms if wd.timing.median_ms else 0.0
@@ -571,6 +636,11 @@ def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whol
         what = "the last position only (logits_to_keep=1), as in generation" if k == 1 else f"logits_to_keep={k}"
         notes.append(f"head timed with logits for {what}")
         notes.append("decode: KV cache filled with random keys/values of the right shape, restored after each step")
+        if s.opts.bandwidth and s.contexts:
+            notes.append("decode read_bytes: each stage's weights at their dtype (the embedding: only the rows looked up) "
+                         "plus its KV cache at the context; activations and the logits written are not counted")
+            if getattr(ad.config, "sliding_window", None):
+                notes.append("decode read_bytes count the whole KV cache; sliding-window layers read at most their window")
     notes.append("context building (positions, masks, rotary) is charged to block.0")
     if stage_peaks_measured:
         how = "the CUDA allocator" if device == "cuda" else "torch.profiler's CPU allocation trace"
@@ -585,6 +655,13 @@ def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whol
         notes.append(f"noisy (IQR/median > 10%): {', '.join(noisy_names)}")
     if not 0.9 <= whole.prefill_coverage <= 1.1:
         notes.append(f"prefill coverage {whole.prefill_coverage:.2f} is outside 0.9-1.1")
+
+
+def _contention_notes(notes: list[str], contention: Any) -> None:
+    """The loud line of a contended profile, or the note of a busy one (the record is ``contention``)."""
+    line = warning_line(contention, "this profile") or note_line(contention, "this profile")
+    if line:
+        notes.append(line)
 
 
 def _context(s: _Setup, threads: int, energy: _Energy, accelerator: str | None) -> MeasureContext:

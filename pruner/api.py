@@ -35,6 +35,7 @@ class PruneOptions:
         round_to: Kept MLP width rounded to a multiple of this.
         output: Report path (checked writable before any work).
         threads: torch CPU threads for the whole run (None: leave torch's setting).
+        strict: Refuse (raise, writing nothing) when a speed measurement ran on a contended machine.
     """
 
     model: str
@@ -53,6 +54,7 @@ class PruneOptions:
     round_to: int = 8
     output: str | None = None
     seed: int = 0
+    strict: bool = False
     notes: list[str] = field(default_factory=list)
     threads: int | None = None
 
@@ -125,6 +127,8 @@ def run_prune(opts: PruneOptions) -> Any:
 
     Raises:
         UserInputError: Bad options, calibration file or split (before any work is written).
+        ContendedMeasurementError: ``opts.strict`` and a speed-up was measured on a contended machine
+            (no report, no export written; earlier ones intact).
     """
     from coinfer.pruner import calibration
 

@@ -15,6 +15,7 @@ import torch
 from coinfer.models.adapters.base import FamilyAdapter, ShardState
 from coinfer.pruner import metrics
 from coinfer.pruner.structure import prune_copy, scope_blocks
+from coinfer.quiet import QuietWatch, note_line, refuse_if_strict, warning_line
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.prune import (
     BlockPruning,
@@ -89,8 +90,10 @@ def _speed(ad0: FamilyAdapter, ad: FamilyAdapter, prompt: torch.Tensor, opts: An
             st.past_length -= 1
 
         fns += [lambda s=s, st=st: step(s, st) for s, st in zip((s0, s1), states, strict=True)]
+    watch = QuietWatch("cpu", torch.get_num_threads()).start()
     with torch.no_grad():
         meds, cvs = metrics.interleaved_medians(fns, opts.repeats, warmup=2)
+    contention = watch.stop()
     f0, f1 = _scope_flops(ad0, stages, T, T), _scope_flops(ad, stages, T, T)
     ideal = f0 / f1 if f1 > 0 else 1.0
     measured = meds[0] / meds[1]
@@ -104,6 +107,7 @@ def _speed(ad0: FamilyAdapter, ad: FamilyAdapter, prompt: torch.Tensor, opts: An
         original_prefill_ms=meds[0],
         pruned_prefill_ms=meds[1],
         max_cv=max(cvs),
+        contention=contention,
     )
     if decode:
         d0, d1 = _scope_flops(ad0, stages, 1, T + 1), _scope_flops(ad, stages, 1, T + 1)
@@ -303,6 +307,10 @@ def _measure_ratio(loaded: Any, base: _Baseline, r: float, opts: Any) -> tuple[R
     speed = None
     if opts.measure_speed and pruned:
         speed = _speed(base.ad, ad, base.windows[0], opts)
+        what = f"the speed-up at ratio {r:g}"
+        refuse_if_strict(speed.contention, opts.strict, what)  # inside the export's temporary folder: nothing kept
+        if line := warning_line(speed.contention, what) or note_line(speed.contention, what):
+            rnotes.append(line)
     elif opts.measure_speed:
         rnotes.append("speed not measured: nothing was removed (speed-up 1 by construction)")
     res = RatioResult(

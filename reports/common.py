@@ -121,3 +121,41 @@ def cpu_name() -> str:
 def coinfer_version() -> str:
     """The running coinfer's version string."""
     return coinfer.__version__
+
+
+class KernelCheck(Schema):
+    """One timing of the quiet check's reference kernel (see :mod:`coinfer.quiet`)."""
+
+    label: str = Field(description="when it ran: 'before', 'after prefill', 'after', ...")
+    lower_quartile_ms: float = Field(ge=0, description="lower quartile of the kernel's runs at this point")
+    slowdown: float = Field(ge=0, description="lower_quartile_ms over the best single run seen in this process")
+
+
+class Contention(Schema):
+    """Was the machine quiet while a timed measurement ran? The evidence and the verdict.
+
+    Two signals (:mod:`coinfer.quiet`): a fixed reference kernel timed before, between and after
+    the measurement against the best run of it seen in this process, and the CPU time other
+    processes used during the measurement per wall second, set against the cores this measurement
+    left spare. ``contended`` needs both: the kernel slowed by more than ``slowdown_limit`` and
+    other processes took more than ``crowding_limit_cores`` beyond the spare cores.
+    """
+
+    verdict: Literal["quiet", "busy", "contended"] = Field(
+        description="contended: both signals; busy: one of them only (noted, not refused); quiet: neither"
+    )
+    kernel: str = Field(description="the reference kernel, e.g. 'fp32 GEMM 384x384 on cpu, 2 threads, 9 repeats'")
+    kernel_best_ms: float = Field(ge=0, description="fastest single run of the kernel seen in this process")
+    kernel_checks: list[KernelCheck] = Field(default_factory=list)
+    kernel_slowdown: float = Field(ge=0, description="the largest slowdown over the checks")
+    window_s: float = Field(ge=0, description="wall time the CPU accounting covered")
+    other_cpu_cores: float = Field(
+        description="CPU time of every other process (system-wide busy time minus this process tree's) per wall second"
+    )
+    steal_cores: float | None = Field(default=None, ge=0, description="hypervisor steal per wall second (VMs)")
+    logical_cpus: int = Field(ge=1)
+    threads: int = Field(ge=1, description="threads the measurement used")
+    spare_cores: float = Field(description="logical_cpus - threads: what other processes could use without contending")
+    crowding_cores: float = Field(description="other_cpu_cores - spare_cores")
+    slowdown_limit: float = Field(gt=0)
+    crowding_limit_cores: float = Field(ge=0)

@@ -330,7 +330,8 @@ def load_document(path: str | os.PathLike[str], cls: type[T]) -> T:
     """Load and validate a coinfer document of the class ``cls``.
 
     The kind and the schema version are checked before the body so the message names the real
-    problem (a plan given where a profile is expected, a file from a newer coinfer).
+    problem (a plan given where a profile is expected, a file from a newer coinfer). A class may
+    read older versions too: its ``READABLE_SCHEMA_VERSIONS`` (default: its own version only).
 
     Raises:
         SchemaError: Wrong kind, unknown version or invalid content.
@@ -346,6 +347,7 @@ def parse_document(data: Any, path: str | os.PathLike[str], cls: type[T]) -> T:
     """
     kind = cls.model_fields["kind"].default
     version = cls.model_fields["schema_version"].default
+    readable = getattr(cls, "READABLE_SCHEMA_VERSIONS", (version,))
     if not isinstance(data, dict):
         raise SchemaError(f"{path}: expected a JSON object, found {type(data).__name__}")
     found_kind = data.get("kind")
@@ -357,10 +359,8 @@ def parse_document(data: Any, path: str | os.PathLike[str], cls: type[T]) -> T:
     readable = get_args(cls.model_fields["schema_version"].annotation) or (version,)
     found_version = data.get("schema_version")
     if found_version not in readable or isinstance(found_version, bool):
-        raise SchemaError(
-            f"{path}: {kind} schema version {found_version!r} is not supported "
-            f"(this coinfer reads version {', '.join(map(str, readable))})"
-        )
+        which = ("version " if len(readable) == 1 else "versions ") + ", ".join(str(v) for v in readable)
+        raise SchemaError(f"{path}: {kind} schema version {found_version!r} is not supported (this coinfer reads {which})")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
+from coinfer.reports.common import Contention, Document, MachineInfo, ModelIdentity, Schema
 from coinfer.vocab import StageKind, WireDtype, stage_names
 
 EnergySource = Literal["rapl", "nvml", "estimate", "none"]
@@ -39,6 +39,17 @@ class DecodeCost(Schema):
     timing: Timing
     flops: float = Field(ge=0)
     energy_j: float | None = Field(default=None, ge=0)
+    read_bytes: int | None = Field(
+        default=None, ge=0,
+        description="bytes the step must read: weights at their dtype (the embedding only the rows looked up) "
+        "plus the KV cache at this context",
+    )
+    bandwidth_bound_ms: float | None = Field(
+        default=None, ge=0, description="read_bytes over the measured memory bandwidth: the least time the step can take"
+    )
+    bandwidth_fraction: float | None = Field(
+        default=None, ge=0, description="bandwidth_bound_ms over the measured median: the share of the bandwidth reached"
+    )
 
 
 class StageProfile(Schema):
@@ -104,6 +115,20 @@ class WholeModel(Schema):
     decode_pass_coverage: list[float] = Field(default_factory=list)
 
 
+class MemoryBandwidth(Schema):
+    """The machine's memory bandwidth, STREAM-style (see :mod:`coinfer.profiler.bandwidth`)."""
+
+    bytes_per_s: float = Field(ge=0, description="the best of copy and triad")
+    method: Literal["copy", "triad"] = Field(description="which kernel gave bytes_per_s")
+    copy_bytes_per_s: float = Field(ge=0, description="best copy pass: a = b, 2 x buffer bytes moved")
+    triad_bytes_per_s: float = Field(ge=0, description="best triad pass: a = b + s * c, 3 x buffer bytes moved")
+    buffer_bytes: int = Field(ge=0, description="bytes per buffer (three fp32 buffers)")
+    last_level_cache_bytes: int | None = Field(default=None, ge=0, description="CPU L3 (all instances) or GPU L2")
+    passes: int = Field(ge=1, description="timed passes of each kernel, alternated; the best is kept")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads that ran the passes")
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
 class EmissionsSummary(Schema):
     """codecarbon's whole-run summary; an estimate unless it read hardware counters."""
 
@@ -117,8 +142,12 @@ class EmissionsSummary(Schema):
 class Profile(Document):
     """A versioned profile of one model on one machine."""
 
+    # Versions: 1 the first; 2 adds memory_bandwidth, the decode steps' read_bytes /
+    # bandwidth_bound_ms / bandwidth_fraction, and contention (issue 14). Version 1 files load
+    # as they are (every field added is optional).
     kind: Literal["profile"] = "profile"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2
+    READABLE_SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
     model: ModelIdentity
     context: MeasureContext
     stages: list[StageProfile]
@@ -126,6 +155,8 @@ class Profile(Document):
     input_payload: PayloadBytes = Field(description="token ids sent when everything runs on the server")
     result_payload: PayloadBytes = Field(description="what the server sends back: token ids or embeddings")
     gemm_peak_flops_per_s: float | None = Field(default=None, ge=0)
+    memory_bandwidth: MemoryBandwidth | None = Field(default=None, description="measured once per profile")
+    contention: Contention | None = Field(default=None, description="was the machine quiet while timing (coinfer.quiet)")
     emissions: EmissionsSummary | None = None
     derived_from: str | None = Field(default=None, description="set when derived, not measured")
     notes: list[str] = Field(default_factory=list, description="unsupported ops, noisy stages, caveats")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
+from coinfer.reports.common import Contention, Document, MachineInfo, ModelIdentity, Schema
 from coinfer.vocab import WeightPrecision
 
 
@@ -44,6 +44,7 @@ class Speedup(Schema):
     original_decode_ms: float | None = Field(default=None, ge=0)
     pruned_decode_ms: float | None = Field(default=None, ge=0)
     max_cv: float = Field(ge=0, description="largest coefficient of variation of the timed samples")
+    contention: Contention | None = Field(default=None, description="was the machine quiet while timing (coinfer.quiet)")
 
 
 class Distortion(Schema):
@@ -130,8 +131,11 @@ class CalibrationInfo(Schema):
 class PruneReport(Document):
     """A versioned pruning report."""
 
+    # Versions: 1 the first; 2 adds each speed-up's contention record (issue 14). Version 1 files
+    # load as they are (the field is optional).
     kind: Literal["prune_report"] = "prune_report"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2
+    READABLE_SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
     model: ModelIdentity
     machine: MachineInfo
     device: Literal["cpu", "cuda"] = "cpu"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from coinfer.reports.common import Document, MachineInfo, ModelIdentity, Schema
+from coinfer.reports.common import Contention, Document, MachineInfo, ModelIdentity, Schema
 from coinfer.reports.plan import InputFile
 from coinfer.reports.robustness import ChannelCondition, RobustnessPoint
 from coinfer.vocab import Engine, WeightPrecision, WireDtype
@@ -108,8 +108,10 @@ class ChannelRun(Schema):
 class RunResult(Document):
     """A versioned record of one `coinfer run`."""
 
+    # Versions: 1 the first; 2 adds contention (issue 14). Version 1 files load as they are.
     kind: Literal["run_result"] = "run_result"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2
+    READABLE_SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
     model: ModelIdentity
     machine: MachineInfo
     torch_threads: int = Field(ge=1, description="intra-op threads of each process")
@@ -147,4 +149,7 @@ class RunResult(Document):
     # Added without a version bump: optional, so every file written before still loads.
     channel: ChannelRun | None = Field(
         default=None, description="a lossy wire or an emulated channel (--erasure/--snr-db): its quality cost")
+    contention: Contention | None = Field(
+        default=None, description="was this machine quiet while the device side measured (coinfer.quiet)"
+    )
     notes: list[str] = Field(default_factory=list)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coinfer.errors import UserInputError
-from coinfer.reports.common import MachineInfo
+from coinfer.quiet import QuietWatch, note_line, refuse_if_strict, warning_line
+from coinfer.reports.common import Contention, MachineInfo
 from coinfer.reports.run import ChainMember, ExportedShards, LinkEmulation, RunResult
 from coinfer.runner import channel_run
 from coinfer.runner.outcome import DeviceOutcome, RequestRecord, phase_timings, traffic
@@ -68,6 +69,7 @@ class RunOptions:
     erasure: str | None = None
     snr_db: str | None = None
     robustness: str | None = None
+    strict: bool = False  # refuse to write a result measured on a contended machine
 
 
 
@@ -441,18 +443,23 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     link = LinkEmulation(rate_bps=s.rate_bps, rtt_ms=s.rtt_ms, rtt_emulated_at_transport=s.rtt_ms > 0)
     if opts.role == "device":
         on_event({"event": "device_start", "servers": [f"{h}:{p}" for h, p in s.addresses]})
+        watch = QuietWatch("cpu", s.threads).start()
         outcome = run_device(model=s.spec, seed=opts.seed, loaded=s.loaded, members=[list(a) for a in s.addresses],
                              **request)
+        contention = watch.stop()
         addr_text: list[str | None] = [f"{h}:{p}" for h, p in s.addresses]
     else:
-        outcome, addr_text = _run_local(s.spec, opts, s.loaded, request, s.n_members, s.rate_bps, link, on_event)
+        outcome, addr_text, contention = _run_local(s.spec, opts, s.loaded, request, s.n_members, s.rate_bps, link, on_event)
     notes += _run_notes(s, mask is not None, passive_omp) + outcome.notes
-    result = _result(s, outcome.after_warmup(opts.warmup), prediction, link, addr_text, notes)
+    if line := warning_line(contention, "this run") or note_line(contention, "this run"):
+        notes.append(line)
+    result = _result(s, outcome.after_warmup(opts.warmup), prediction, link, addr_text, notes, contention)
     if rc is not None:
         result.channel = channel_run.report(rc, s.cut, outcome.quality)
         if not rc.condition.deterministic:
             result.notes.append("the channel impairs the activation on purpose: the output is not expected to match the "
                                 "unsplit model; the channel section judges it")
+    refuse_if_strict(contention, opts.strict, "this run")
     if opts.out is not None:
         write_json(result, opts.out)
     return result
@@ -644,7 +651,7 @@ def _predicted_payload(s: _Setup) -> int:
 
 
 def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, link: LinkEmulation,
-            addr_text: list[str | None], notes: list[str]) -> RunResult:
+            addr_text: list[str | None], notes: list[str], contention: Contention | None = None) -> RunResult:
     """The run result: measured phases beside predictions, traffic, the output check."""
     from coinfer.reports.io import file_sha256
     from coinfer.reports.plan import InputFile
@@ -685,12 +692,16 @@ def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, li
         max_abs_diff=outcome.max_abs_diff,
         device_precision=opts.precision,  # type: ignore[arg-type]
         device_engine=opts.engine,  # type: ignore[arg-type]
+        contention=contention,
         notes=notes,
     )
 
 
 def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any], n_members: int,
-               rate_bps: float | None, link: LinkEmulation, on_event: EventSink) -> tuple[DeviceOutcome, list[str | None]]:
+               rate_bps: float | None, link: LinkEmulation,
+               on_event: EventSink) -> tuple[DeviceOutcome, list[str | None], Contention]:
+    """Both roles here (servers as children, the device here or in the namespace); the quiet watch
+    covers the measured requests, from the servers being ready to the device's outcome."""
     from contextlib import ExitStack
 
     from coinfer.runner import local
@@ -711,11 +722,12 @@ def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any]
         members = [[c.host, c.port] for c in children]
         for c in children:
             on_event({"event": "server_ready", "address": f"{c.host}:{c.port}"})
+        watch = QuietWatch("cpu", request["threads"]).start()  # the servers are children: their CPU is ours
         if prefix:
             outcome = DeviceOutcome.model_validate(
                 local.device_in_child(dict(model=spec, seed=opts.seed, members=members, **request), prefix))
         else:
             outcome = run_device(model=spec, seed=opts.seed, loaded=loaded, members=members, **request)
-        return outcome, [f"{h}:{p}" for h, p in members]
+        return outcome, [f"{h}:{p}" for h, p in members], watch.stop()
 
 

@@ -73,3 +73,32 @@ def minilm():
     from coinfer.models.loading import load_model
 
     return load_model("minilm")
+
+
+@pytest.fixture
+def contended_watch():
+    """A stand-in for :class:`coinfer.quiet.QuietWatch` whose every measurement is judged contended.
+
+    Call it with the module whose ``QuietWatch`` to replace (use with ``monkeypatch``); the real
+    watch is tested against a real CPU hog in ``test_quiet.py``.
+    """
+    from coinfer.reports.common import Contention
+
+    record = Contention(verdict="contended", kernel="fake", kernel_best_ms=1.0, kernel_slowdown=4.0, window_s=2.0,
+                        other_cpu_cores=1.5, logical_cpus=2, threads=2, spare_cores=0.0, crowding_cores=1.5,
+                        slowdown_limit=1.5, crowding_limit_cores=0.5)
+
+    class ContendedWatch:
+        def __init__(self, device="cpu", threads=None):
+            pass
+
+        def start(self):
+            return self
+
+        def checkpoint(self, label):
+            pass
+
+        def stop(self):
+            return record
+
+    return ContendedWatch

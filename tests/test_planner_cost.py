@@ -253,3 +253,18 @@ def test_speedup_applies_to_the_stages_it_was_measured_over():
     c = evaluate(d, s, LINK, cut=2, ratio=0.5, prune=rep, prompt_tokens=4)
     assert c.prefill.device_ms == approx((1.0 + 2.0) / 2)  # the timed shard, embed included, twice as fast
     assert c.prefill.server_ms == approx(1.5 + 2.0)
+
+
+def test_contended_measurements_are_noted(contended_watch):
+    record = contended_watch().stop()
+    d, server = dev(), dev()
+    rep = synthetic_prune_report(2, ratios=(0.5,), speedups=(2.0,), distortions=(0.1,))
+    assert not any("CONTENDED" in n for n in build_cost_model(d, server, Workload(4), prune=rep).notes)
+    d.contention = record
+    rep.results[-1].speedup.contention = record
+    notes = build_cost_model(d, server, Workload(4), prune=rep).notes
+    assert [n for n in notes if "CONTENDED" in n] == [
+        "device profile was measured on a CONTENDED machine (other processes took the cores it timed on): "
+        "its latencies are inflated",
+        "prune ratio 0.5: speed-up measured on a CONTENDED machine; it may be wrong either way",
+    ]

@@ -31,8 +31,14 @@ def test_writes_a_loadable_profile_and_prints_the_table(tiny_folder, tmp_path, c
     assert [s.name for s in p.stages] == ["embed", "block.0", "block.1", "head"]
     assert p.context.energy_source == "estimate" and p.context.power_w == 5.0
     assert p.gemm_peak_flops_per_s > 0
+    bw = p.memory_bandwidth
+    assert bw.bytes_per_s == max(bw.copy_bytes_per_s, bw.triad_bytes_per_s) > 0 and bw.buffer_bytes >= 256 * 2**20
+    assert p.contention is not None and p.contention.threads == 1 and len(p.contention.kernel_checks) == 5
     text = capsys.readouterr().out
     assert "block.1" in text and "cov " in text and "ESTIMATE" in text and f"wrote {out}" in text
+    # the decode step's share of the memory bandwidth, per stage in the table and for the whole model
+    whole = p.whole_model.decode[0]
+    assert "of BW" in text and f"whole model at {whole.bandwidth_fraction:.0%} of memory bandwidth" in text
 
 
 def test_json_prints_the_profile(tiny_folder, capsys):
@@ -88,7 +94,8 @@ def test_random_weights_are_labelled(capsys):
     cfg = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=50)
     p = profile_loaded(
         build_from_config(cfg, name="tiny"),
-        ProfileOptions(seq_len=4, decode_context=[], repeats=1, warmup=0, threads=1, power_w=1.0, emissions=False, gemm=False),
+        ProfileOptions(seq_len=4, decode_context=[], repeats=1, warmup=0, threads=1, power_w=1.0, emissions=False, gemm=False,
+                       bandwidth=False),
     )
     from rich.console import Console
 
@@ -96,3 +103,22 @@ def test_random_weights_are_labelled(capsys):
     console.print(render_profile(p))
     assert "weights: random" in console.export_text()
     assert p.notes[0].startswith("weights: random")
+
+
+def test_contended_profile_is_flagged_and_strict_keeps_the_previous_file(tiny_folder, tmp_path, capsys, monkeypatch,
+                                                                         contended_watch):
+    from coinfer.profiler import measure
+
+    monkeypatch.setattr(measure, "QuietWatch", contended_watch)
+    args = ["profile", "--model", tiny_folder, *FAST]
+    assert main([*args, "--json"]) == 0
+    std = capsys.readouterr()
+    data = json.loads(std.out)  # the warning goes to stderr: stdout stays JSON
+    assert data["contention"]["verdict"] == "contended"
+    warnings = [ln for ln in std.err.splitlines() if "CONTENDED" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: this profile was CONTENDED")
+    out = tmp_path / "p.json"
+    out.write_text("previous")
+    assert main([*args, "--strict", "-o", str(out)]) == 2
+    _one_line_error(capsys, "--strict: the profile was contended, nothing written: reference kernel 4.00x")
+    assert out.read_text() == "previous" and os.listdir(tmp_path) == ["p.json"]

@@ -32,7 +32,7 @@ def tiny(tiny_config):
 
 def quick(**kw) -> ProfileOptions:
     base = dict(seq_len=8, batch=2, decode_context=[4, 16], repeats=3, warmup=1, threads=1, power_w=10.0,
-                emissions=False, gemm=False, min_time_s=0.0)
+                emissions=False, gemm=False, bandwidth=False, min_time_s=0.0)
     base.update(kw)
     return ProfileOptions(**base)
 

@@ -231,3 +231,30 @@ def test_force_replaces_a_non_empty_export_dir(folders, tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert {f["format"] for f in rep["results"][0]["shards"]} == {"json", "safetensors"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "shards"]
+
+
+def test_contended_speed_is_flagged_and_strict_keeps_the_previous_report(folders, tmp_path, capsys, monkeypatch,
+                                                                         contended_watch):
+    from coinfer.pruner import measure
+
+    rep, exp = tmp_path / "r.json", tmp_path / "shards"
+    args = ["prune", "--model", str(folders["gpt2"]), "--ratios", "0.5", "--split", "2", "--no-onnx", *QUICK, "-o", str(rep)]
+    assert main([*args, "--export", str(exp)]) == 0
+    before = (rep.read_bytes(), sorted(p.name for p in exp.rglob("*")))
+    capsys.readouterr()
+    monkeypatch.setattr(measure, "QuietWatch", contended_watch)
+    # flagged: the record in the report, one loud line on stderr, a mark in the table
+    assert main([*args, "-o", str(tmp_path / "flagged.json")]) == 0
+    out = capsys.readouterr()
+    r = load_document(tmp_path / "flagged.json", PruneReport).results[0]
+    assert r.speedup.contention.verdict == "contended" and r.speedup.contention.kernel_slowdown == 4.0
+    warnings = [ln for ln in out.err.splitlines() if "CONTENDED" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: the speed-up at ratio 0.5 was CONTENDED")
+    assert "4.00x" in warnings[0] and "1.50 cores with 0 spare" in warnings[0] and "CONTENDED" not in out.out
+    assert "!" in out.out
+    # --strict: one line, exit 2, the previous report and export untouched
+    assert main([*args, "--export", str(exp), "--force", "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --strict: the speed-up at ratio 0.5 was contended, nothing written") and "\n" not in err
+    assert (rep.read_bytes(), sorted(p.name for p in exp.rglob("*"))) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind

@@ -366,3 +366,33 @@ def test_exported_shards_run_verified_and_server_refuses_others(env, tmp_path, t
                        input_ids=ids.tolist(), attention_mask=None, new_tokens=1, wire_dtype="fp32", runs=1,
                        rtt_ms=0.0, timeout_s=5.0, threads=1, check=False,
                        shards={"device": [refs["device"][0], "0" * 64], "server": refs["server"]})
+
+
+def test_contended_run_is_flagged_and_strict_keeps_the_previous_result(env, tmp_path, capsys, monkeypatch,
+                                                                       contended_watch):
+    from coinfer.cli.main import main
+    from coinfer.reports.io import load_document
+    from coinfer.reports.run import RunResult
+    from coinfer.runner import api
+
+    out = tmp_path / "run.json"
+    args = ["run", "--role", "device", "--server", f"{env['gpt2'].host}:{env['gpt2'].port}", "--model",
+            env["folders"]["gpt2"], "--cut", "3", "--new-tokens", "2", "--prompt-tokens", "4", "--warmup", "0",
+            "--threads", "1", "--no-check"]
+    assert main([*args, "--out", str(out)]) == 0
+    quiet_run = load_document(out, RunResult)
+    assert quiet_run.contention is not None and quiet_run.contention.threads == 1
+    before = out.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(api, "QuietWatch", contended_watch)
+    assert main([*args, "--out", str(tmp_path / "flagged.json")]) == 0
+    std = capsys.readouterr()
+    flagged = load_document(tmp_path / "flagged.json", RunResult)
+    assert flagged.contention.verdict == "contended" and flagged.notes[-1].startswith("WARNING: this run was CONTENDED")
+    assert [ln for ln in std.err.splitlines() if "CONTENDED" in ln] == [flagged.notes[-1]]
+    assert "CONTENDED" not in std.out
+    assert main([*args, "--out", str(out), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # the device role's events, then the one error line
+    assert err[-1].startswith("error: --strict: this run was contended, nothing written: reference kernel 4.00x")
+    assert not any(ln.startswith("error") for ln in err[:-1])
+    assert out.read_bytes() == before
