@@ -83,6 +83,6 @@ def export_folder(final: Path | None, force: bool) -> Iterator[Path | None]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any interruption: remove the half-written folder, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
