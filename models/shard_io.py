@@ -233,11 +233,17 @@ def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation
     ad = loaded.adapter
     ad.apply_layout(cfg.module_layout)
     model = loaded.model
+    # Pruning compensation may have given out-projections a bias the family's config lacks.
+    bias_owners = {id(m) for i in cfg.blocks for m in ad.bias_owners(int(i))}
     for name, t in tensors.items():
         owner, attr = name.rsplit(".", 1)
         mod = model.get_submodule(owner)
-        cur = getattr(mod, attr)
-        if tuple(cur.shape) != tuple(t.shape):
+        cur = getattr(mod, attr, None)
+        if cur is None and attr == "bias" and id(mod) in bias_owners:
+            mod.bias = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=False)
+        elif cur is None:
+            raise IntegrityError(f"{wpath}: tensor {name} has no place in the model")
+        elif tuple(cur.shape) != tuple(t.shape):
             setattr(mod, attr, nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=False))
             if isinstance(mod, nn.Linear):
                 mod.out_features, mod.in_features = mod.weight.shape
