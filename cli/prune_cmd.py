@@ -19,7 +19,9 @@ def prune_cmd(
     ratios: str = typer.Option("0.1,0.2,0.3,0.5", "--ratios", help="comma-separated pruning ratios in [0, 1)"),
     split: int | None = typer.Option(None, "--split", help="device blocks K (needed for --scope device and --export)"),
     scope: str = typer.Option("all", "--scope", help="all: prune every block; device: only blocks 1..K"),
-    importance: str = typer.Option("magnitude", "--importance", help="magnitude, activation or taylor"),
+    importance: str = typer.Option("auto", "--importance", help="auto (measured default), magnitude, activation, fluctuation or taylor"),
+    allocation: str = typer.Option("auto", "--allocation", help="auto, uniform, sensitivity, global or standardized"),
+    compensation: str = typer.Option("auto", "--compensation", help="auto, none, bias or lstsq"),
     calib: str | None = typer.Option(None, "--calib", help="UTF-8 calibration text (default: the shipped sample)"),
     export: str | None = typer.Option(None, "--export", help="folder for device/server shards per ratio"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --export folder"),
@@ -35,6 +37,7 @@ def prune_cmd(
 
     opts = PruneOptions(
         model=model, ratios=parse_ratios(ratios), split=split, scope=scope, importance=importance, calib=calib,
+        allocation=allocation, compensation=compensation,
         export_dir=export, force=force, onnx=onnx, seq_len=seq_len, max_windows=windows, repeats=repeats,
         measure_speed=not no_speed, output=output,
     )
@@ -43,7 +46,7 @@ def prune_cmd(
     console.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights}) scope={rep.scope}"
         + (f" split={rep.split}" if rep.split is not None else "")
-        + f" importance={rep.importance} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
+        + f" importance={rep.importance} allocation={rep.allocation} compensation={rep.compensation} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
     )
     table = Table(title="pruning: what each ratio removed, cost and gained", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     task = "KL" if m.is_decoder else "cos"

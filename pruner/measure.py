@@ -162,8 +162,8 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
     """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`."""
     import transformers
 
-    from coinfer.pruner import importance, tp_adapter
-    from coinfer.pruner.api import _scope_blocks, prune_copy
+    from coinfer.pruner import allocation, recipe, tp_adapter
+    from coinfer.pruner.api import _scope_blocks
     from coinfer.reports.common import MachineInfo
 
     ad0: FamilyAdapter = loaded.adapter
@@ -176,14 +176,16 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         notes.append("calibration tokens are UTF-8 bytes modulo the vocabulary: the model ships no tokenizer")
     if ad0.module_layout() != "native" and ad0.family == "gpt2":
         notes.append("gpt2: fused Conv1D attention converted to separate q/k/v Linear projections before pruning")
-    if opts.importance == "taylor" and not ad0.is_decoder:
+    rec = recipe.resolve(opts.importance, opts.allocation, opts.compensation, ad0.is_decoder)
+    notes.append(f"recipe: {rec.describe()}; ratio = fraction of the scope's prunable parameters (query heads, MLP channels)")
+    if rec.importance == "taylor" and not ad0.is_decoder:
         notes.append("taylor on an encoder: loss is the mean squared norm of the final hidden states (no labels)")
     if any(ad0.attention_heads(b)[1] < ad0.attention_heads(b)[0] for b in blocks):
         notes.append("grouped-query attention: key/value heads kept, query heads removed evenly per kv group")
     if not blocks:
         notes.append("scope holds no blocks (split 0): nothing can be pruned")
 
-    scores = importance.scores(opts.importance, ad0, blocks, windows) if blocks else {}
+    pruner = recipe.Pruner(ad0, blocks, windows, rec, opts.round_to)
     ref = metrics.run_outputs(ad0, windows)
     half = len(windows) // 2
     ppl0 = metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None
@@ -199,7 +201,8 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         export_tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
     try:
         for r in opts.ratios:
-            ad, sels = prune_copy(loaded, r, scores, blocks, opts.round_to)
+            ad, sels = pruner.prune_copy(r)
+            prunable_ratio = allocation.achieved_ratio(ad0, sels)
             rnotes: list[str] = []
             rows = []
             removed_sq = 0.0
@@ -235,8 +238,11 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
             chan_ratio = 1 - c1 / c0 if c0 else 0.0
             if not pruned and r > 0:
                 rnotes.append(f"requested ratio {r:g} removed nothing (rounding of {h0 // max(1, len(blocks))} heads / {c0 // max(1, len(blocks))} channels per block)")
-            elif r > 0 and (abs(head_ratio - r) > 1e-9 or abs(chan_ratio - r) > 1e-9):
-                rnotes.append(f"requested {r:g}, applied {head_ratio:.3f} of query heads and {chan_ratio:.3f} of MLP channels (rounding)")
+            elif r > 0:
+                rnotes.append(
+                    f"requested {r:g} of the prunable parameters, removed {prunable_ratio:.3f} of them "
+                    f"({head_ratio:.3f} of query heads, {chan_ratio:.3f} of MLP channels)"
+                )
             if r == 0:
                 rnotes.append("the original model (reference point)")
 
@@ -265,6 +271,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
             res = RatioResult(
                 requested_ratio=r,
                 achieved_param_ratio=1 - sp1 / sp0 if sp0 else 0.0,
+                achieved_prunable_ratio=prunable_ratio,
                 achieved_head_ratio=head_ratio,
                 achieved_channel_ratio=chan_ratio,
                 pruned_anything=pruned,
@@ -318,7 +325,12 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         model=loaded.identity,
         machine=machine,
         threads=torch.get_num_threads(),
-        importance=opts.importance,
+        importance=rec.importance,
+        allocation=rec.allocation,
+        compensation=rec.compensation,
+        block_sensitivity=(
+            {f"block.{b}": v for b, v in pruner.sensitivity.items()} if pruner.sensitivity is not None else None
+        ),
         scope=opts.scope,
         split=opts.split,
         calibration=CalibrationInfo(
