@@ -29,6 +29,9 @@ from coinfer.pruner.structure import BlockSelection
 COMPENSATIONS: tuple[str, ...] = ("none", "bias", "lstsq")
 #: Ridge added to the kept inputs' covariance, relative to its mean diagonal.
 LSTSQ_DAMP = 0.01
+#: Fewer calibration tokens than this many per out-projection input and the refit mostly
+#: memorises the calibration text (the recipe falls back to ``bias``).
+LSTSQ_MIN_TOKENS_PER_INPUT = 2
 
 
 @dataclass

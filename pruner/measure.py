@@ -177,7 +177,6 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
     if ad0.module_layout() != "native" and ad0.family == "gpt2":
         notes.append("gpt2: fused Conv1D attention converted to separate q/k/v Linear projections before pruning")
     rec = recipe.resolve(opts.importance, opts.allocation, opts.compensation, ad0.is_decoder)
-    notes.append(f"recipe: {rec.describe()}; ratio = fraction of the scope's prunable parameters (query heads, MLP channels)")
     if rec.importance == "taylor" and not ad0.is_decoder:
         notes.append("taylor on an encoder: loss is the mean squared norm of the final hidden states (no labels)")
     if any(ad0.attention_heads(b)[1] < ad0.attention_heads(b)[0] for b in blocks):
@@ -186,6 +185,9 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         notes.append("scope holds no blocks (split 0): nothing can be pruned")
 
     pruner = recipe.Pruner(ad0, blocks, windows, rec, opts.round_to)
+    rec = pruner.recipe
+    notes.append(f"recipe: {rec.describe()}; ratio = fraction of the scope's prunable parameters (query heads, MLP channels)")
+    notes += pruner.notes
     ref = metrics.run_outputs(ad0, windows)
     half = len(windows) // 2
     ppl0 = metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None

@@ -67,8 +67,19 @@ class Pruner:
     """
 
     def __init__(self, adapter: Any, blocks: list[int], windows: list[torch.Tensor], recipe: Recipe, round_to: int = 8) -> None:
-        self.adapter, self.blocks, self.recipe, self.round_to = adapter, blocks, recipe, round_to
-        r = recipe
+        self.adapter, self.blocks, self.round_to = adapter, blocks, round_to
+        self.notes: list[str] = []
+        tokens = sum(int(w.numel()) for w in windows)
+        widest = max((max(adapter.mlp_channels(b), adapter.attention_heads(b)[0] * adapter.head_dim()) for b in blocks), default=0)
+        if recipe.compensation == "lstsq" and tokens < compensation.LSTSQ_MIN_TOKENS_PER_INPUT * widest:
+            # Too few tokens: the refit would reproduce the calibration text and little else.
+            recipe = Recipe(recipe.importance, recipe.allocation, "bias")
+            self.notes.append(
+                f"lstsq compensation needs at least {compensation.LSTSQ_MIN_TOKENS_PER_INPUT} calibration tokens per "
+                f"out-projection input ({compensation.LSTSQ_MIN_TOKENS_PER_INPUT * widest:,} here), got {tokens:,}: "
+                "bias compensation used instead (give more calibration text or windows)"
+            )
+        self.recipe = r = recipe
         needs_stats = r.importance in ("activation", "fluctuation") or r.compensation != "none" or r.allocation == "global"
         self.stats = (
             importance.collect_stats(adapter, blocks, windows, full_gram=r.compensation == "lstsq")

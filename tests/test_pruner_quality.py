@@ -14,7 +14,7 @@ import torch
 from coinfer.models import shard_io
 from coinfer.models.loading import build_from_config
 from coinfer.models.shards import split
-from coinfer.pruner import allocation, compensation, importance, structure
+from coinfer.pruner import allocation, compensation, importance, recipe, sensitivity, structure
 from coinfer.pruner.structure import BlockSelection
 
 LLAMA = dict(
@@ -31,6 +31,9 @@ def _llama(**extra):
 
 def _ids(seed: int = 0, n: int = 12, batch: int = 2) -> torch.Tensor:
     return torch.randint(0, 97, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+SENS = {0: 0.5, 1: 0.1, 2: 0.2}  # a made-up probe result for the sensitivity allocation
 
 
 def _random_scores(ad, blocks, seed=0):
@@ -51,7 +54,7 @@ def test_prunable_params_by_hand():
 def test_allocation_meets_the_requested_parameter_ratio_within_rounding(method, ratio):
     ad = _llama().adapter
     blocks = [0, 1, 2]
-    sels = allocation.allocate(ad, blocks, ratio, _random_scores(ad, blocks), method, round_to=8)
+    sels = allocation.allocate(ad, blocks, ratio, _random_scores(ad, blocks), method, round_to=8, sensitivity=SENS)
     total = sum(allocation.prunable_params(ad, b) for b in blocks)
     removed = allocation.achieved_ratio(ad, sels) * total
     # independent count of what the selections remove
@@ -60,7 +63,8 @@ def test_allocation_meets_the_requested_parameter_ratio_within_rounding(method, 
     assert removed == pytest.approx(by_hand)
     # rounding: half a channel chunk (8 channels) per block for uniform, else half the largest
     # unit (a head step: one query head from each of the 2 groups) overall
-    slack = 8 * chan / 2 * len(blocks) if method == "uniform" else max(2 * head, 8 * chan) / 2
+    per_block = method in ("uniform", "sensitivity")
+    slack = 8 * chan / 2 * len(blocks) if per_block else max(2 * head, 8 * chan) / 2
     assert abs(by_hand - ratio * total) <= slack
     for s in sels:
         assert len(s.keep_channels) % 8 == 0 and len(s.keep_channels) >= 8
@@ -79,7 +83,7 @@ def test_head_allocation_never_removes_more_heads_than_the_gqa_groups_allow(meth
     ad = _llama().adapter
     blocks = [0, 1, 2]
     for ratio in (0.5, 0.8, 0.95, 0.99):
-        for sel in allocation.allocate(ad, blocks, ratio, _random_scores(ad, blocks, seed=3), method, round_to=8):
+        for sel in allocation.allocate(ad, blocks, ratio, _random_scores(ad, blocks, seed=3), method, round_to=8, sensitivity=SENS):
             per_group = [sum(1 for h in sel.keep_q_heads if h // 3 == g) for g in range(2)]
             assert per_group[0] == per_group[1] >= 1, (ratio, sel.keep_q_heads)
 
@@ -221,3 +225,43 @@ def _sha(path) -> str:
     from coinfer.reports.io import file_sha256
 
     return file_sha256(path)
+
+
+def test_block_ratios_by_hand():
+    ad = _llama().adapter  # three blocks of equal prunable size
+    got = allocation.block_ratios(ad, {0: 1.0, 1: 2.0, 2: 4.0}, 0.35)
+    # r_b = mu / s_b with mean 0.35: mu (1 + 1/2 + 1/4) / 3 = 0.35 -> mu = 0.6
+    assert [round(got[b], 9) for b in (0, 1, 2)] == [0.6, 0.3, 0.15]
+    # a very robust block is held at the cap (min(0.9, 2.5 r)); the others share the rest
+    got = allocation.block_ratios(ad, {0: 1.0, 1: 100.0, 2: 100.0}, 0.5)
+    assert [round(got[b], 9) for b in (0, 1, 2)] == [0.9, 0.3, 0.3]
+
+
+def test_sensitivity_probe_finds_a_block_that_does_nothing():
+    m = _llama()
+    ad = m.adapter
+    with torch.no_grad():  # block 1 adds nothing to the residual stream: pruning it is free
+        ad.attention_linears(1)["o"].weight.zero_()
+        ad.mlp_linears(1)["out"].weight.zero_()
+    windows = [_ids(1, n=24, batch=1), _ids(2, n=24, batch=1)]
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    scores = importance.magnitude_scores(ad, [0, 1, 2])
+    sens = sensitivity.probe(ad, [0, 1, 2], windows, scores, None, "none", round_to=8)
+    assert sens[1] == pytest.approx(0.0, abs=1e-12) and sens[0] > 1e-6 and sens[2] > 1e-6
+    # the model is left exactly as it was
+    after = m.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert [ad.block_shape(b) for b in range(3)] == [{"q_heads": 6, "kv_heads": 2, "mlp_channels": 96}] * 3
+    ratios = allocation.block_ratios(ad, sens, 0.3)
+    assert ratios[1] == pytest.approx(0.75) and ratios[0] + ratios[2] == pytest.approx(0.15)
+
+
+def test_pruner_falls_back_to_bias_compensation_on_too_little_calibration_text():
+    m = _llama()
+    few = recipe.Pruner(m.adapter, [0, 1, 2], [_ids(1, n=16, batch=1)], recipe.Recipe("fluctuation", "uniform", "lstsq"))
+    assert few.recipe.compensation == "bias" and "lstsq compensation needs at least 2" in few.notes[0]
+    enough = [_ids(s, n=64, batch=1) for s in range(4)]  # 256 tokens >= 2 x 96 channels
+    ok = recipe.Pruner(m.adapter, [0, 1, 2], enough, recipe.Recipe("fluctuation", "uniform", "lstsq"))
+    assert ok.recipe.compensation == "lstsq" and not ok.notes
+    ad, sels = ok.prune_copy(0.3)
+    assert ad.mlp_channels(0) == len(sels[0].keep_channels) < 96 and m.adapter.mlp_channels(0) == 96
