@@ -8,9 +8,10 @@ in (and gate) projections and its column of the out-projection. Key/value heads 
 -query attention, norms, embeddings and the head are never pruned and are not counted.
 :func:`prunable_params` is the count; :func:`achieved_ratio` is what a selection removes.
 
-Units are removed whole, so the achieved ratio differs from ``r`` by rounding: at most half the
-largest unit the allocation still had room for (a channel chunk of ``round_to`` channels), except
-where the limits below leave nothing to remove.
+Units are removed whole, so the achieved ratio differs from ``r`` by rounding: at most half a
+channel chunk (``round_to`` channels) per block for ``uniform`` and ``sensitivity``, at most half
+the largest unit (a head step or a chunk) overall for ``global`` and ``standardized``, except
+where the limits below leave too little to remove.
 
 Limits in every block: at least one query head per key/value group is kept (heads are removed
 evenly from each group, so the group mapping stays valid) and at least ``round_to`` channels; the
