@@ -35,9 +35,30 @@ DEFAULT_OUTPUT = "prune.json"
 class Importance(StrEnum):
     """What ranks heads and channels (the pruner's IMPORTANCES; its module imports torch, the CLI must not)."""
 
+    auto = "auto"
     magnitude = "magnitude"
     activation = "activation"
+    fluctuation = "fluctuation"
     taylor = "taylor"
+
+
+class Allocation(StrEnum):
+    """How the ratio is shared across blocks (the pruner's ALLOCATIONS)."""
+
+    auto = "auto"
+    uniform = "uniform"
+    sensitivity = "sensitivity"
+    global_ = "global"
+    standardized = "standardized"
+
+
+class Compensation(StrEnum):
+    """What makes up for removed units (the pruner's COMPENSATIONS)."""
+
+    auto = "auto"
+    none = "none"
+    bias = "bias"
+    lstsq = "lstsq"
 
 
 class Scope(StrEnum):
@@ -62,9 +83,18 @@ def prune_cmd(
     scope: Scope = typer.Option(Scope.all, "--scope", rich_help_panel=PRUNING,
                                 help="all: prune every block; device: only blocks 1..K of --split"),
     importance: Importance = typer.Option(
-        "magnitude", "--importance", rich_help_panel=PRUNING,
-        help="what ranks heads and channels: weight magnitude, activation-aware (Wanda-style; far better on "
-             "trained LLMs) or first-order Taylor on the calibration text"),
+        Importance.auto, "--importance", rich_help_panel=PRUNING,
+        help="what ranks heads and channels: weight magnitude, activation-aware (Wanda-style), fluctuation of the "
+             "unit's input (FLAP-style) or first-order Taylor on the calibration text; auto: the measured best for "
+             "the model kind (see README)"),
+    allocation: Allocation = typer.Option(
+        Allocation.auto, "--allocation", rich_help_panel=PRUNING,
+        help="how the ratio is shared across blocks: uniform, by each block's measured sensitivity, or global / "
+             "standardized score ranking across blocks"),
+    compensation: Compensation = typer.Option(
+        Compensation.auto, "--compensation", rich_help_panel=PRUNING,
+        help="what makes up for removed units: none, their mean folded into the out-projection's bias, or a "
+             "least-squares refit of the out-projection on the calibration text"),
     calib: str | None = typer.Option(None, "--calib", metavar="FILE", rich_help_panel=PRUNING,
                                      help="UTF-8 calibration text \\[default: the sample shipped with coinfer]"),
     windows: int = typer.Option(8, "--windows", min=1, rich_help_panel=PRUNING, help="calibration windows at most"),
@@ -95,7 +125,8 @@ def prune_cmd(
         output = DEFAULT_OUTPUT
     check_outputs([output], {"--export": export})
     opts = PruneOptions(
-        model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value,
+        model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value, allocation=allocation.value,
+        compensation=compensation.value,
         calib=calib, export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,
         repeats=repeats, measure_speed=not no_speed, output=output, threads=threads or physical_cores(), strict=strict,
     )
@@ -126,8 +157,8 @@ def render(rep: Any, out: Output, on_stderr: Sequence[str] = ()) -> None:
     out.print(
         f"[bold]{m.name}[/] ({m.family}, weights: {m.weights_label}) scope={rep.scope}"
         + (f" split={rep.split}" if rep.split is not None else "")
-        + f" importance={rep.importance} calib={rep.calibration.source} ({rep.calibration.tokens} tokens) "
-        f"threads={rep.threads}"
+        + f" importance={rep.importance} allocation={rep.allocation} compensation={rep.compensation} "
+        f"calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
     )
     out.print(_table(rep))
     ppl0 = next((r.distortion.perplexity_before for r in rep.results if r.distortion.perplexity_before), None)

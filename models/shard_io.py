@@ -350,8 +350,13 @@ def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation
     for name, t in tensors.items():
         owner, attr = name.rsplit(".", 1)
         mod = model.get_submodule(owner)
-        cur = getattr(mod, attr)
-        if tuple(cur.shape) != tuple(t.shape):
+        cur = getattr(mod, attr, None)
+        if cur is None and attr == "bias" and _may_add_bias(ad, cfg, mod):
+            # Pruning compensation gave this out-projection a bias the family's config lacks.
+            mod.bias = nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=False)
+        elif cur is None:
+            raise IntegrityError(f"{wpath}: tensor {name} has no place in the model")
+        elif tuple(cur.shape) != tuple(t.shape):
             setattr(mod, attr, nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=False))
             if isinstance(mod, nn.Linear):
                 mod.out_features, mod.in_features = mod.weight.shape
@@ -370,6 +375,12 @@ def load_shard(path: str | os.PathLike[str], sha256: str, *, attn_implementation
             raise IntegrityError(f"{path}: block {i} rebuilt as {got}, config says {shape.model_dump()}")
     model.eval()
     return shard
+
+
+def _may_add_bias(ad: Any, cfg: ShardConfig, module: Any) -> bool:
+    """Whether ``module`` is an out-projection of one of the shard's blocks (see
+    :meth:`~coinfer.models.adapters.base.FamilyAdapter.bias_owners`)."""
+    return any(module is m for i in cfg.blocks for m in ad.bias_owners(int(i)))
 
 
 def load_onnx_shard(path: str | os.PathLike[str], sha256: str, data_sha256: str, *, threads: int | None = None) -> Any:

@@ -23,7 +23,10 @@ class PruneOptions:
         ratios: Requested pruning ratios, each in [0, 1).
         split: Device blocks K (needed for ``scope='device'`` and for export).
         scope: ``all`` (every block) or ``device`` (blocks 1..K only).
-        importance: ``magnitude``, ``activation`` or ``taylor``.
+        importance: ``auto`` (the measured default for the model kind, see
+            :mod:`coinfer.pruner.recipe`), ``magnitude``, ``activation``, ``fluctuation`` or ``taylor``.
+        allocation: ``auto`` or one of :data:`coinfer.pruner.allocation.ALLOCATIONS`.
+        compensation: ``auto`` or one of :data:`coinfer.pruner.compensation.COMPENSATIONS`.
         calib: Calibration text file (None: the shipped sample).
         export_dir: Folder to export shards into (None: no export).
         force: Replace a non-empty ``export_dir``.
@@ -42,7 +45,9 @@ class PruneOptions:
     ratios: list[float]
     split: int | None = None
     scope: str = "all"
-    importance: str = "magnitude"
+    importance: str = "auto"
+    allocation: str = "auto"
+    compensation: str = "auto"
     calib: str | None = None
     export_dir: str | None = None
     force: bool = False
@@ -94,8 +99,7 @@ def validate(opts: PruneOptions) -> None:
             raise UserInputError(f"--ratios: {r} outside [0, 1)")
     if opts.scope not in SCOPES:
         raise UserInputError(f"--scope {opts.scope!r}: expected all or device")
-    if opts.importance not in IMPORTANCES:
-        raise UserInputError(f"--importance {opts.importance!r}: expected {', '.join(IMPORTANCES)}")
+    _check_recipe(opts)
     if opts.scope == "device" and opts.split is None:
         raise UserInputError("--scope device needs --split K (the device runs blocks 1..K)")
     if opts.export_dir is not None and opts.split is None:
@@ -117,6 +121,21 @@ def validate(opts: PruneOptions) -> None:
         from coinfer.reports.io import check_writable
 
         check_writable(opts.output, "-o")
+
+
+def _check_recipe(opts: PruneOptions) -> None:
+    from coinfer.pruner.allocation import ALLOCATIONS
+    from coinfer.pruner.compensation import COMPENSATIONS
+
+    for option, value, allowed in (
+        ("--importance", opts.importance, IMPORTANCES),
+        ("--allocation", opts.allocation, ALLOCATIONS),
+        ("--compensation", opts.compensation, COMPENSATIONS),
+    ):
+        if value != "auto" and value not in allowed:
+            raise UserInputError(f"{option} {value!r}: expected auto, {', '.join(allowed)}")
+    if opts.allocation in ("global", "standardized") and opts.importance == "taylor":
+        raise UserInputError("--allocation global/standardized compares scores across blocks; taylor scores do not add up that way")
 
 
 def run_prune(opts: PruneOptions) -> Any:

@@ -1,14 +1,18 @@
-"""Importance of attention heads and MLP channels: magnitude, activation, first-order Taylor.
+"""Importance of attention heads and MLP channels: magnitude, activation, fluctuation, Taylor.
 
 Every score is per block, one value per query head and one per MLP channel, computed on the
-original (unpruned) model. Higher means more important.
+original (unpruned) model. Higher means more important. Scores add up over units (each is an
+energy or a loss change), so the allocation can compare and sum them.
 
-- ``magnitude``: L2 norm of the unit's weights over every projection it owns (q/k/v rows and
-  out-projection columns of a head - k/v only when heads are not grouped; MLP in/gate rows and
+- ``magnitude``: squared L2 norm of the unit's weights over every projection it owns (q/k/v rows
+  and out-projection columns of a head - k/v only when heads are not grouped; MLP in/gate rows and
   out columns of a channel).
-- ``activation``: Wanda-style structured score on the calibration text: for each input feature j
-  of the out-projection, ``||W_out[:, j]|| * ||x_j||`` with x the feature's activations; a head
-  sums its features.
+- ``activation``: Wanda-style, on the calibration text: the mean squared norm the unit adds to
+  the block's output, ``E||W_out[:, u] x_u||^2`` with x the out-projection's inputs (a channel:
+  ``||W_out[:, j]||^2 mean(x_j^2)``, Wanda's structured column score squared; a head: over its
+  features, with their covariance).
+- ``fluctuation``: FLAP's metric: the same with each input centered on its calibration mean
+  (``||W_out[:, j]||^2 var(x_j)``): what removal loses once the mean is compensated in the bias.
 - ``taylor``: first-order estimate of the loss change when the unit is removed,
   ``|sum over its weights of w * dL/dw|``; L is the next-token loss for decoders and, for encoders
   (no labels, and any distillation loss has zero gradient at the original), the mean squared
@@ -17,6 +21,7 @@ original (unpruned) model. Higher means more important.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,8 +29,8 @@ from torch import nn
 
 from coinfer.models.adapters.base import FamilyAdapter
 
-Importance = Literal["magnitude", "activation", "taylor"]
-IMPORTANCES: tuple[str, ...] = ("magnitude", "activation", "taylor")
+Importance = Literal["magnitude", "activation", "fluctuation", "taylor"]
+IMPORTANCES: tuple[str, ...] = ("magnitude", "activation", "fluctuation", "taylor")
 
 
 def _rows(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -58,32 +63,114 @@ def _head_channel_terms(adapter: FamilyAdapter, block: int, fn) -> tuple[torch.T
 
 
 def magnitude_scores(adapter: FamilyAdapter, blocks: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Group L2 norm of each head and channel (no data needed)."""
+    """Squared group L2 norm of each head and channel (no data needed)."""
     out = {}
     with torch.no_grad():
         for b in blocks:
             h, c = _head_channel_terms(adapter, b, lambda t: t.detach().pow(2))
-            out[b] = (h.sqrt(), c.sqrt())
+            out[b] = (h, c)
     return out
 
 
-def activation_scores(
-    adapter: FamilyAdapter, blocks: list[int], batches: list[torch.Tensor]
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Wanda-style ``||W_out[:, j]|| * ||x_j||`` summed per unit, over the calibration batches."""
-    sq: dict[int, dict[str, torch.Tensor]] = {b: {} for b in blocks}
+@dataclass
+class BlockStats:
+    """Calibration statistics of one block's output-projection inputs (float64 sums).
+
+    Attributes:
+        tokens: Calibration tokens seen.
+        o_sum: Sum over tokens of each attention out-projection input feature, (q_heads * hd,).
+        o_gram: Sum over tokens of ``x x^T`` of those features, (q_heads * hd, q_heads * hd).
+        out_sum: Sum of each MLP out-projection input (channel activation), (channels,).
+        out_sq: Sum of squares of each channel activation, (channels,).
+        resid_sq: Sum over tokens of the squared norm of the block's input hidden state.
+        out_gram: Sum of ``x x^T`` of the channel activations, (channels, channels), when
+            gathered (least-squares compensation needs it).
+    """
+
+    tokens: int
+    o_sum: torch.Tensor
+    o_gram: torch.Tensor
+    out_sum: torch.Tensor
+    out_sq: torch.Tensor
+    resid_sq: float
+    out_gram: torch.Tensor | None = None
+
+    @property
+    def o_mean(self) -> torch.Tensor:
+        """Mean of each out-projection input feature over the calibration tokens."""
+        return self.o_sum / self.tokens
+
+    @property
+    def out_mean(self) -> torch.Tensor:
+        """Mean of each MLP channel activation over the calibration tokens."""
+        return self.out_sum / self.tokens
+
+    def head_gram(self, heads: int) -> torch.Tensor:
+        """Per query head, the diagonal block of ``o_gram``, (heads, hd, hd)."""
+        hd = self.o_gram.shape[0] // heads
+        g = self.o_gram.reshape(heads, hd, heads, hd)
+        return torch.stack([g[h, :, h, :] for h in range(heads)])
+
+
+class _Accumulator:
+    def __init__(self, full_gram: bool) -> None:
+        self.full_gram = full_gram
+        self.tokens = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.resid_sq = 0.0
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        value = value.double()
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def attention(self, x: torch.Tensor) -> None:
+        self.add("o_sum", x.sum(0))
+        self.add("o_gram", x.T @ x)  # one window in fp32, accumulated in fp64
+
+    def mlp(self, x: torch.Tensor) -> None:
+        self.tokens += x.shape[0]
+        self.add("out_sum", x.sum(0))
+        self.add("out_sq", x.pow(2).sum(0))
+        if self.full_gram:
+            self.add("out_gram", x.T @ x)
+
+    def stats(self) -> BlockStats:
+        s = self.sums
+        return BlockStats(self.tokens, s["o_sum"], s["o_gram"], s["out_sum"], s["out_sq"], self.resid_sq, s.get("out_gram"))
+
+
+def _flat(inputs: tuple[torch.Tensor, ...], kwargs: dict | None = None) -> torch.Tensor:
+    x = inputs[0] if inputs else (kwargs or {})["hidden_states"]
+    return x.detach().reshape(-1, x.shape[-1]).float()
+
+
+def collect_stats(
+    adapter: FamilyAdapter, blocks: list[int], batches: list[torch.Tensor], *, full_gram: bool = False
+) -> dict[int, BlockStats]:
+    """Run the calibration batches once through the model and gather :class:`BlockStats`.
+
+    Statistics come from the original (unpruned) model, as in Wanda and FLAP.
+
+    Args:
+        adapter: The model's adapter (prepared for pruning).
+        blocks: Blocks to gather statistics for.
+        batches: Calibration token windows.
+        full_gram: Also gather the MLP channels' full second-moment matrix (``out_gram``).
+    """
+    acc = {b: _Accumulator(full_gram) for b in blocks}
     hooks = []
 
-    def hook(b: int, key: str):
-        def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            sq[b][key] = sq[b].get(key, 0) + x.pow(2).sum(0)
+    def resid(a: _Accumulator):
+        def fn(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            a.resid_sq += float(_flat(args, kwargs).double().pow(2).sum())
 
         return fn
 
     for b in blocks:
-        hooks.append(adapter.attention_linears(b)["o"].register_forward_pre_hook(hook(b, "o")))
-        hooks.append(adapter.mlp_linears(b)["out"].register_forward_pre_hook(hook(b, "out")))
+        a = acc[b]
+        hooks.append(adapter.blocks()[b].register_forward_pre_hook(resid(a), with_kwargs=True))
+        hooks.append(adapter.attention_linears(b)["o"].register_forward_pre_hook(lambda _m, i, a=a: a.attention(_flat(i))))
+        hooks.append(adapter.mlp_linears(b)["out"].register_forward_pre_hook(lambda _m, i, a=a: a.mlp(_flat(i))))
     try:
         with torch.no_grad():
             for ids in batches:
@@ -91,15 +178,48 @@ def activation_scores(
     finally:
         for h in hooks:
             h.remove()
-    out = {}
+    return {b: acc[b].stats() for b in blocks}
+
+
+def _removal_energy(adapter: FamilyAdapter, block: int, st: BlockStats, centered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared norm each unit adds to the block's output: ``E||W_u (x_u - c_u)||^2``.
+
+    ``c_u`` is 0 (the unit's contribution is dropped) or, with ``centered``, the unit's mean
+    over the calibration tokens (the mean is folded into the out-projection's bias, so only the
+    fluctuation around it is lost: FLAP's metric). A head's energy uses the full covariance of
+    its features, so correlated features within the head are counted once.
+    """
+    n = st.tokens
+    q_heads, _ = adapter.attention_heads(block)
     hd = adapter.head_dim()
-    for b in blocks:
-        q_heads, _ = adapter.attention_heads(b)
-        o = adapter.attention_linears(b)["o"].weight.detach().double()
-        f = o.norm(dim=0) * sq[b]["o"].sqrt()
-        w = adapter.mlp_linears(b)["out"].weight.detach().double()
-        out[b] = (f.reshape(q_heads, hd).sum(1), w.norm(dim=0) * sq[b]["out"].sqrt())
-    return out
+    wo = adapter.attention_linears(block)["o"].weight.detach().double().reshape(-1, q_heads, hd)
+    second = st.head_gram(q_heads) / n
+    if centered:
+        mu = st.o_mean.reshape(q_heads, hd)
+        second = second - mu[:, :, None] * mu[:, None, :]
+    # tr(W_h S_h W_h^T) per head
+    heads = torch.einsum("ohd,hde,ohe->h", wo, second, wo)
+    wd = adapter.mlp_linears(block)["out"].weight.detach().double()
+    var = st.out_sq / n - (st.out_mean.pow(2) if centered else 0.0)
+    chans = wd.pow(2).sum(0) * var.clamp_min(0.0)
+    return heads.clamp_min(0.0), chans
+
+
+def activation_scores(adapter: FamilyAdapter, blocks: list[int], stats: dict[int, BlockStats]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Wanda-style structured score: ``E||W_out[:, u] x_u||^2`` per head and channel.
+
+    For a channel this is ``||W_out[:, j]||^2 * mean(x_j^2)``, the square of Wanda's column score
+    (squared so that scores add up over units and compare across blocks).
+    """
+    return {b: _removal_energy(adapter, b, stats[b], centered=False) for b in blocks}
+
+
+def fluctuation_scores(adapter: FamilyAdapter, blocks: list[int], stats: dict[int, BlockStats]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """FLAP's fluctuation metric: ``||W_out[:, j]||^2 * var(x_j)`` (heads: their covariance).
+
+    The energy a unit's removal leaves once its mean contribution is compensated in the bias.
+    """
+    return {b: _removal_energy(adapter, b, stats[b], centered=True) for b in blocks}
 
 
 def taylor_scores(
@@ -142,11 +262,26 @@ def taylor_scores(
 
 
 def scores(
-    kind: str, adapter: FamilyAdapter, blocks: list[int], batches: list[torch.Tensor]
+    kind: str,
+    adapter: FamilyAdapter,
+    blocks: list[int],
+    batches: list[torch.Tensor],
+    stats: dict[int, BlockStats] | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Dispatch on the importance name (validated by the caller)."""
+    """Dispatch on the importance name (validated by the caller).
+
+    Args:
+        kind: One of :data:`IMPORTANCES`.
+        adapter: The model's adapter (prepared for pruning).
+        blocks: Blocks in scope.
+        batches: Calibration token windows.
+        stats: Statistics from :func:`collect_stats` (gathered here when needed and absent).
+    """
     if kind == "magnitude":
         return magnitude_scores(adapter, blocks)
+    if kind == "taylor":
+        return taylor_scores(adapter, blocks, batches)
+    stats = stats if stats is not None else collect_stats(adapter, blocks, batches)
     if kind == "activation":
-        return activation_scores(adapter, blocks, batches)
-    return taylor_scores(adapter, blocks, batches)
+        return activation_scores(adapter, blocks, stats)
+    return fluctuation_scores(adapter, blocks, stats)

@@ -14,7 +14,7 @@ import torch
 
 from coinfer.models.adapters.base import FamilyAdapter, ShardState
 from coinfer.pruner import metrics
-from coinfer.pruner.structure import prune_copy, scope_blocks
+from coinfer.pruner.structure import scope_blocks
 from coinfer.quiet import QuietWatch, note_line, refuse_if_strict, warning_line
 from coinfer.reports.common import MachineInfo
 from coinfer.reports.prune import (
@@ -175,7 +175,7 @@ class _Baseline:
     ad: FamilyAdapter
     blocks: list[int]  # the blocks in scope
     windows: list[torch.Tensor]
-    scores: dict
+    pruner: Any  # recipe.Pruner: the recipe resolved, its statistics, scores and block sensitivities
     ref: Any  # metrics.OutputStats of the original
     perplexity: float | None
     sq_norm: dict[int, float]  # per block: squared norm of its weights
@@ -215,7 +215,11 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         model=loaded.identity,
         machine=MachineInfo.here(libraries=True),
         threads=torch.get_num_threads(),
-        importance=opts.importance,
+        importance=base.pruner.recipe.importance,
+        allocation=base.pruner.recipe.allocation,
+        compensation=base.pruner.recipe.compensation,
+        block_sensitivity=(None if base.pruner.sensitivity is None
+                           else {block_name(b): v for b, v in base.pruner.sensitivity.items()}),
         scope=opts.scope,
         split=opts.split,
         calibration=CalibrationInfo(
@@ -234,18 +238,19 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
 
 
 def _baseline(ad0: FamilyAdapter, calib: Any, opts: Any) -> _Baseline:
-    """Importance scores, reference outputs and per-block norms of the unpruned model."""
-    from coinfer.pruner import importance
+    """The recipe's statistics and scores, reference outputs and per-block norms of the unpruned model."""
+    from coinfer.pruner import recipe
 
     blocks = scope_blocks(ad0.num_blocks, opts.scope, opts.split)
     windows = calib.windows
-    scores = importance.scores(opts.importance, ad0, blocks, windows) if blocks else {}
+    rec = recipe.resolve(opts.importance, opts.allocation, opts.compensation, ad0.is_decoder)
+    pruner = recipe.Pruner(ad0, blocks, windows, rec, opts.round_to)
     ref = metrics.run_outputs(ad0, windows)
     return _Baseline(
         ad=ad0,
         blocks=blocks,
         windows=windows,
-        scores=scores,
+        pruner=pruner,
         ref=ref,
         perplexity=metrics.perplexity(ref.logprobs, windows) if ad0.is_decoder else None,
         sq_norm={b: metrics.block_sq_norm(ad0, b) for b in range(ad0.num_blocks)},
@@ -262,13 +267,16 @@ def _model_notes(base: _Baseline, calib: Any, opts: Any) -> list[str]:
         notes.append("calibration tokens are UTF-8 bytes modulo the vocabulary: the model ships no tokenizer")
     if ad0.module_layout() != "native" and ad0.family == "gpt2":
         notes.append("gpt2: fused Conv1D attention converted to separate q/k/v Linear projections before pruning")
-    if opts.importance == "taylor" and not ad0.is_decoder:
+    rec = base.pruner.recipe
+    if rec.importance == "taylor" and not ad0.is_decoder:
         notes.append("taylor on an encoder: loss is the mean squared norm of the final hidden states (no labels)")
     if any(ad0.attention_heads(b)[1] < ad0.attention_heads(b)[0] for b in blocks):
         notes.append("grouped-query attention: key/value heads kept, query heads removed evenly per kv group")
     if not blocks:
         notes.append("scope holds no blocks (split 0): nothing can be pruned")
-    return notes
+    notes.append(f"recipe: {rec.describe()}; ratio = fraction of the scope's prunable parameters (query heads, MLP "
+                 "channels)")
+    return notes + base.pruner.notes
 
 
 @contextmanager
@@ -295,12 +303,15 @@ def _export_folder(final: Path | None, force: bool) -> Iterator[Path | None]:
 
 def _measure_ratio(loaded: Any, base: _Baseline, r: float, opts: Any) -> tuple[RatioResult, FamilyAdapter]:
     """Prune a copy at ratio ``r`` and measure what it removed, its distortion and its speed."""
-    ad, _ = prune_copy(loaded, r, base.scores, base.blocks, opts.round_to)
+    from coinfer.pruner import allocation
+
+    ad, sels = base.pruner.prune_copy(r)
+    prunable_ratio = allocation.achieved_ratio(base.ad, sels)
     rows, removed_sq = _block_rows(base, ad)
     scoped = [rows[b] for b in base.blocks]
     sp0, sp1 = sum(base.params[b] for b in base.blocks), sum(x.params_after for x in scoped)
     pruned = sp1 < sp0
-    head_ratio, chan_ratio, rnotes = _achieved_ratios(r, scoped, pruned, len(base.blocks))
+    head_ratio, chan_ratio, rnotes = _achieved_ratios(r, scoped, pruned, len(base.blocks), prunable_ratio)
     scope_sq = sum(base.sq_norm[b] for b in base.blocks)
     dw_total = removed_sq / scope_sq if base.blocks and scope_sq > 0 else 0.0
     dist, fit_dy = _distortion(base, ad, dw_total)
@@ -316,6 +327,7 @@ def _measure_ratio(loaded: Any, base: _Baseline, r: float, opts: Any) -> tuple[R
     res = RatioResult(
         requested_ratio=r,
         achieved_param_ratio=1 - sp1 / sp0 if sp0 else 0.0,
+        achieved_prunable_ratio=prunable_ratio,
         achieved_head_ratio=head_ratio,
         achieved_channel_ratio=chan_ratio,
         pruned_anything=pruned,
@@ -362,7 +374,8 @@ def _block_rows(base: _Baseline, ad: FamilyAdapter) -> tuple[list[BlockPruning],
     return rows, removed_sq
 
 
-def _achieved_ratios(r: float, scoped: list[BlockPruning], pruned: bool, n_blocks: int) -> tuple[float, float, list[str]]:
+def _achieved_ratios(r: float, scoped: list[BlockPruning], pruned: bool, n_blocks: int,
+                     prunable_ratio: float) -> tuple[float, float, list[str]]:
     """(fraction of query heads removed, fraction of MLP channels removed, notes on rounding)."""
     h0, h1 = sum(x.heads_before for x in scoped), sum(x.heads_after for x in scoped)
     c0, c1 = sum(x.mlp_channels_before for x in scoped), sum(x.mlp_channels_after for x in scoped)
@@ -371,8 +384,9 @@ def _achieved_ratios(r: float, scoped: list[BlockPruning], pruned: bool, n_block
     notes = []
     if not pruned and r > 0:
         notes.append(f"requested ratio {r:g} removed nothing (rounding of {h0 // max(1, n_blocks)} heads / {c0 // max(1, n_blocks)} channels per block)")
-    elif r > 0 and (abs(head_ratio - r) > 1e-9 or abs(chan_ratio - r) > 1e-9):
-        notes.append(f"requested {r:g}, applied {head_ratio:.3f} of query heads and {chan_ratio:.3f} of MLP channels (rounding)")
+    elif r > 0:
+        notes.append(f"requested {r:g} of the prunable parameters, removed {prunable_ratio:.3f} of them "
+                     f"({head_ratio:.3f} of query heads, {chan_ratio:.3f} of MLP channels)")
     if r == 0:
         notes.append("the original model (reference point)")
     return head_ratio, chan_ratio, notes

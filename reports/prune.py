@@ -79,6 +79,10 @@ class RatioResult(Schema):
 
     requested_ratio: float = Field(ge=0, lt=1)
     achieved_param_ratio: float = Field(ge=0, le=1, description="fraction of scope parameters removed")
+    achieved_prunable_ratio: float | None = Field(
+        default=None, ge=0, le=1,
+        description="fraction of the scope's prunable parameters (query heads, MLP channels) removed: what the ratio asks for",
+    )
     achieved_head_ratio: float = Field(default=0.0, ge=0, le=1, description="fraction of scope query heads removed")
     achieved_channel_ratio: float = Field(default=0.0, ge=0, le=1, description="fraction of scope MLP channels removed")
     pruned_anything: bool
@@ -140,7 +144,16 @@ class PruneReport(Document):
     machine: MachineInfo
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(ge=1)
-    importance: Literal["magnitude", "activation", "taylor"]
+    importance: Literal["magnitude", "activation", "fluctuation", "taylor"]
+    allocation: Literal["uniform", "sensitivity", "global", "standardized"] | None = Field(
+        default=None, description="how the ratio was spread over blocks and heads/channels (None: reports from before allocations)"
+    )
+    compensation: Literal["none", "bias", "lstsq"] | None = Field(
+        default=None, description="how removed units were compensated (None: none, before it existed)"
+    )
+    block_sensitivity: dict[str, float] | None = Field(
+        default=None, description="allocation 'sensitivity': measured damage of pruning each block alone"
+    )
     scope: Literal["all", "device"]
     split: int | None = Field(default=None, ge=0, description="device blocks when scope is 'device'")
     calibration: CalibrationInfo

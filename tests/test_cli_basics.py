@@ -31,10 +31,14 @@ def test_the_cli_imports_no_torch():
 
 
 def test_prune_choices_are_the_pruners():
-    from coinfer.cli.prune_cmd import Importance
+    from coinfer.cli.prune_cmd import Allocation, Compensation, Importance
+    from coinfer.pruner.allocation import ALLOCATIONS
+    from coinfer.pruner.compensation import COMPENSATIONS
     from coinfer.pruner.importance import IMPORTANCES
+    from coinfer.pruner.recipe import AUTO
 
-    assert [i.value for i in Importance] == list(IMPORTANCES)
+    for choices, names in ((Importance, IMPORTANCES), (Allocation, ALLOCATIONS), (Compensation, COMPENSATIONS)):
+        assert [c.value for c in choices] == [AUTO, *names]
 
 
 def test_a_failing_command_import_crashes_loudly():
@@ -65,7 +69,8 @@ def test_help_lists_commands_and_completion(capsys):
 @pytest.mark.parametrize("cmd, panels, shown", [
     ("profile", ["Model", "Measurement", "Output"], ["cpu|cuda", "fp32|fp16|bf16", "[default: gpt2]",
                                                     "[default: 128]", "[default: 128,512,2048"]),
-    ("prune", ["Model", "Pruning", "Measurement", "Output"], ["magnitude|activation|taylor", "all|device",
+    ("prune", ["Model", "Pruning", "Measurement", "Output"], ["auto|magnitude|activation|fluctuation|taylor", "auto|uniform|sensitivity|global|standardized",
+                                                              "auto|none|bias|lstsq", "all|device",
                                                               "[default: prune.json"]),
     ("plan", ["Model", "Link", "Search", "Budgets", "Chain", "Output"],
      ["fp32|fp16|int8", "latency|energy|weighted|throughput", "[default: 0ms]", "[default: 32 for a decoder"]),

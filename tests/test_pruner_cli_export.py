@@ -13,12 +13,14 @@ from coinfer.errors import IntegrityError
 from coinfer.models import shard_io
 from coinfer.models.loading import build_from_config, load_model
 from coinfer.models.shards import split
-from coinfer.pruner import importance
-from coinfer.pruner.structure import prune_copy
+from coinfer.pruner import calibration, recipe
 from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.prune import PruneReport
 
 QUICK = ["--repeats", "1", "--prompt-tokens", "16", "--windows", "2"]
+# GPT-2 runs the plainest recipe (its rounding is checked by hand); Llama and BERT the defaults
+# (measured importance, sensitivity probe, least-squares compensation with an added bias).
+RECIPES = {"gpt2": ["--importance", "magnitude", "--allocation", "uniform", "--compensation", "none"], "llama": [], "bert": []}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +43,24 @@ def exported(folders, tmp_path_factory):
     for fam, ratios in (("gpt2", "0,0.1,0.5"), ("llama", "0.5"), ("bert", "0.5")):
         rep, exp = root / f"{fam}.json", root / f"{fam}-shards"
         args = ["prune", "--model", str(folders[fam]), "--ratios", ratios, "--split", "2", "--export", str(exp), "-o", str(rep)]
-        assert main([*args, *QUICK]) == 0
+        assert main([*args, *QUICK, *RECIPES[fam]]) == 0
         runs[fam] = (load_document(rep, PruneReport), exp)
     return runs
 
 
-def _pruned(folder: Path, ratio: float):
+def _pruned(folder: Path, ratio: float, fam: str):
+    """The model the CLI run of ``fam`` pruned, rebuilt through the library with the same recipe."""
     loaded = load_model(str(folder))
     with torch.no_grad():
         loaded.adapter.prepare_for_pruning()
     blocks = list(range(loaded.adapter.num_blocks))
-    ad, _ = prune_copy(loaded, ratio, importance.magnitude_scores(loaded.adapter, blocks), blocks, 8)
+    source, text = calibration.read_text(None)
+    calib = calibration.build(text, source, loaded, 16, 2)
+    opts = dict(zip(RECIPES[fam][::2], RECIPES[fam][1::2], strict=True))
+    rec = recipe.resolve(
+        opts.get("--importance", "auto"), opts.get("--allocation", "auto"), opts.get("--compensation", "auto"), loaded.is_decoder
+    )
+    ad, _ = recipe.Pruner(loaded.adapter, blocks, calib.windows, rec, 8).prune_copy(ratio)
     return ad
 
 
@@ -59,9 +68,13 @@ def test_report_says_what_was_removed(exported):
     rep, _ = exported["gpt2"]
     r0, r1, r5 = rep.results
     assert not r0.pruned_anything and r0.achieved_param_ratio == 0 and r0.speedup is None
-    # 4 heads: round(0.4) = 0 removed; MLP 256 -> 256 - 26 = 230 -> 232 (multiple of 8)
-    assert r1.achieved_head_ratio == 0 and r1.achieved_channel_ratio == pytest.approx(24 / 256)
-    assert any("applied" in n for n in r1.notes)
+    # MHA, 4 heads of 16: a head owns q/k/v rows (3 x (16 x 64 + 16)) and 16 o columns of 64:
+    # 4,144 parameters; a channel a c_fc row (64 + 1) and a c_proj column (64): 129. Prunable:
+    # 4 x 4,144 + 256 x 129 = 49,600 per block. Ratio 0.1: heads lose floor(0.4) = 0; the MLP
+    # takes 4,960 / 129 = 38.4 channels -> 40 (a multiple of 8)
+    assert r1.achieved_head_ratio == 0 and r1.achieved_channel_ratio == pytest.approx(40 / 256)
+    assert r1.achieved_prunable_ratio == pytest.approx(40 * 129 / 49600)
+    assert any("requested 0.1 of the prunable parameters, removed 0.104" in n for n in r1.notes)
     assert [b.heads_after for b in r5.blocks] == [2, 2, 2, 2]
     assert [b.mlp_channels_after for b in r5.blocks] == [128] * 4
     # parameters per block by hand (hidden 64, 4 heads of 16, MLP 256; q/k/v converted to Linear):
@@ -84,7 +97,7 @@ def test_report_says_what_was_removed(exported):
 def test_param_distortion_equals_removed_energy(exported, folders):
     rep, _ = exported["bert"]
     loaded = load_model(str(folders["bert"]))
-    ad = _pruned(folders["bert"], 0.5)
+    ad = _pruned(folders["bert"], 0.5, "bert")
     res = rep.results[0]
     for b, row in enumerate(res.blocks):
         before = loaded.adapter.blocks()[b].state_dict()
@@ -100,7 +113,7 @@ def test_param_distortion_equals_removed_energy(exported, folders):
 def test_safetensors_reload_reproduces_pruned_model_exactly(exported, folders, fam):
     rep, exp = exported[fam]
     res = rep.results[-1]
-    ad = _pruned(folders[fam], res.requested_ratio)
+    ad = _pruned(folders[fam], res.requested_ratio, fam)
     ref = split(ad, 2, logits_to_keep=0)
     sha = {f.path: f.sha256 for f in res.shards}
     sub = f"ratio-{res.requested_ratio:.3f}"

@@ -19,7 +19,6 @@ from coinfer import quiet
 from coinfer.errors import ContendedMeasurementError
 from coinfer.models.loading import build_from_config
 from coinfer.profiler import measure
-from coinfer.profiler.hardware import physical_cores
 from coinfer.profiler.measure import ProfileOptions, profile_loaded
 from coinfer.reports.common import Contention
 
@@ -41,18 +40,29 @@ def tiny_gpt2(tiny_config, monkeypatch):
 
 
 def test_a_cpu_hog_is_flagged_with_its_evidence(tiny_gpt2):
-    threads = physical_cores()
+    # Every logical CPU: OpenMP threads sharing cores with hogs wait for each other at every barrier,
+    # the slowdown the kernel check reads (one thread is merely time-sliced: "busy", not contended).
+    threads = os.cpu_count() or 1
     quiet.QuietWatch("cpu", threads).start().stop()  # the kernel's best in this process, before the hog
-    with quiet.cpu_hogs(os.cpu_count() or 1) as hogs:
+    # The scheduler decides whether a millisecond kernel check lands on a shared slice: on a 2-vCPU
+    # VM one profile in three read the kernel at full speed beside hogs using 1.3 cores ("busy").
+    # Every attempt must be flagged at least busy with the crowding evidence, and one of three
+    # attempts contended.
+    profiles = []
+    with quiet.cpu_hogs(2 * (os.cpu_count() or 1)) as hogs:
         assert not set(hogs) & set(psutil.Process().children(recursive=True))  # other processes, not ours
         before, t0 = [_cpu_s([h]) for h in hogs], time.perf_counter()
-        p = profile_loaded(tiny_gpt2, _opts(threads))
+        while len(profiles) < 3 and not any(q.contention.verdict == "contended" for q in profiles):
+            profiles.append(profile_loaded(tiny_gpt2, _opts(threads)))
         ran, wall = [_cpu_s([h]) - b for h, b in zip(hogs, before, strict=True)], time.perf_counter() - t0
     assert not any(h.is_running() for h in hogs)  # killed on exit
     # every hog spun during the profile (on a machine busy with other work too they get less than a core)
     assert min(ran) > 0 and sum(ran) > 0.1 * wall, f"the hogs used {ran} CPU s in {wall:.2f} s"
+    for q in profiles:
+        assert q.contention.verdict != "quiet" and q.contention.crowding_cores > quiet.CROWDING_LIMIT_CORES
+    p = profiles[-1]
     c = p.contention
-    assert c.verdict == "contended", quiet.evidence(c)
+    assert c.verdict == "contended", [quiet.evidence(q.contention) for q in profiles]
     assert c.kernel_slowdown > quiet.SLOWDOWN_LIMIT and c.crowding_cores > quiet.CROWDING_LIMIT_CORES
     assert c.threads == threads and c.spare_cores == c.logical_cpus - threads
     assert [k.label for k in c.kernel_checks] == ["before", "before prefill", "after prefill", "after decode @ 4", "after"]

@@ -237,6 +237,28 @@ class FamilyAdapter(ABC):
         """The final stage's matrices a weight-only precision replaces (decoders: the LM head)."""
         return {}
 
+    def output_bias(self, block: int, which: str) -> nn.Parameter:
+        """The bias of a block's attention (``o``) or MLP (``out``) out-projection, created as
+        zeros where the family has none (pruning compensation folds removed units' mean
+        contribution into it; shard export carries it and :meth:`bias_owners` rebuilds it).
+
+        Raises:
+            UnsupportedModelError: The projection is not an ``nn.Linear``.
+        """
+        from coinfer.errors import UnsupportedModelError
+
+        lin = self.attention_linears(block)["o"] if which == "o" else self.mlp_linears(block)["out"]
+        if not isinstance(lin, nn.Linear):
+            raise UnsupportedModelError(f"{self.family}: block {block} {which} projection is not a Linear; cannot add a bias")
+        if lin.bias is None:
+            w = lin.weight
+            lin.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=w.requires_grad)
+        return lin.bias
+
+    def bias_owners(self, block: int) -> list[nn.Module]:
+        """The modules :meth:`output_bias` may give a bias (a rebuilt shard recreates it there)."""
+        return [self.attention_linears(block)["o"], self.mlp_linears(block)["out"]]
+
     def head_groups(self, block: int) -> dict[nn.Module, int]:
         """Heads per projection for torch-pruning's ``num_heads`` (q: query heads, k/v: kv heads)."""
         q_heads, kv_heads = self.attention_heads(block)
