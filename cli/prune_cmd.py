@@ -95,13 +95,24 @@ def prune_cmd(
         Compensation.auto, "--compensation", rich_help_panel=PRUNING,
         help="what makes up for removed units: none, their mean folded into the out-projection's bias, or a "
              "least-squares refit of the out-projection on the calibration text"),
-    calib: str | None = typer.Option(None, "--calib", metavar="FILE", rich_help_panel=PRUNING,
-                                     help="UTF-8 calibration text \\[default: the sample shipped with coinfer]"),
+    calib: str | None = typer.Option(None, "--calib", metavar="FILE|NAME", rich_help_panel=PRUNING,
+                                     help="calibration text: a UTF-8 file, shakespeare-calib or builtin (a small "
+                                          "shipped sample) \\[default: shakespeare-calib]"),
     windows: int = typer.Option(8, "--windows", min=1, rich_help_panel=PRUNING, help="calibration windows at most"),
     repeats: int = typer.Option(10, "--repeats", min=1, rich_help_panel=MEASUREMENT,
                                 help="timed repeats per model (medians are reported)"),
     no_speed: bool = typer.Option(False, "--no-speed", rich_help_panel=MEASUREMENT,
                                   help="skip the speed measurement"),
+    eval_text: str | None = typer.Option(None, "--eval-text", metavar="FILE|NAME", rich_help_panel=MEASUREMENT,
+                                         help="decoders: evaluation text for perplexity, KL and top-1 against the "
+                                              "dense model \\[default: shakespeare-eval, disjoint from the "
+                                              "calibration works]"),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=2, rich_help_panel=MEASUREMENT,
+                                    help="evaluation tokens (whole non-overlapping windows)"),
+    eval_window: int = typer.Option(512, "--eval-window", min=2, rich_help_panel=MEASUREMENT,
+                                    help="tokens per evaluation window"),
+    no_quality: bool = typer.Option(False, "--no-quality", rich_help_panel=MEASUREMENT,
+                                    help="skip the evaluation text (perplexity, KL, top-1)"),
     threads: int | None = threads_option(),
     export: str | None = typer.Option(None, "--export", metavar="FOLDER", rich_help_panel=OUTPUT,
                                       help="folder for the device/server shards of every ratio (needs --split)"),
@@ -127,7 +138,8 @@ def prune_cmd(
     opts = PruneOptions(
         model=model, ratios=parse_ratios(ratios), split=split, scope=scope.value, importance=importance.value, allocation=allocation.value,
         compensation=compensation.value,
-        calib=calib, export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,
+        calib=calib, eval_text=eval_text, eval_tokens=eval_tokens, eval_window=eval_window, quality=not no_quality,
+        export_dir=export, force=force, onnx=onnx, seq_len=prompt_tokens, max_windows=windows,
         repeats=repeats, measure_speed=not no_speed, output=output, threads=threads or physical_cores(), strict=strict,
     )
     with out.work(f"pruning {model} at {ratios}"):
@@ -161,9 +173,13 @@ def render(rep: Any, out: Output, on_stderr: Sequence[str] = ()) -> None:
         f"calib={rep.calibration.source} ({rep.calibration.tokens} tokens) threads={rep.threads}"
     )
     out.print(_table(rep))
-    ppl0 = next((r.distortion.perplexity_before for r in rep.results if r.distortion.perplexity_before), None)
-    if ppl0 is not None:
-        out.print(f"perplexity of the original on the calibration text: {ppl0:.4g}")
+    if rep.dense_quality is not None:
+        out.print(f"dense perplexity {rep.dense_quality.perplexity:.4g}; protocol: "
+                  f"{rep.dense_quality.protocol.describe()}", markup=False, highlight=False)
+    else:
+        ppl0 = next((r.distortion.perplexity_before for r in rep.results if r.distortion.perplexity_before), None)
+        if ppl0 is not None:
+            out.print(f"perplexity of the original on the calibration text: {ppl0:.4g}")
     out.print(
         f"empirical C = {_f(rep.empirical_c)}; bound D_y <= C_fit * D_w on held-out windows: "
         + ("-" if rep.bound_holds is None else ("holds" if rep.bound_holds else "violated"))
@@ -183,14 +199,18 @@ def _table(rep) -> Table:
     m = rep.model
     table = Table(title="pruning: what each ratio removed, cost and gained", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
+    held_out = rep.dense_quality is not None
     task = "KL" if m.is_decoder else "cos"
     cols = ["ratio", "removed", "heads/MLP", "D_w", "D_y", task, "ppl", "prefill x", "decode"]
+    if held_out:
+        cols[6:7] = ["ppl", "x dense", "top-1"]
     if not m.is_decoder:
         cols.remove("ppl")
         cols.remove("decode")
+    where = "the evaluation text (below)" if held_out else "the calibration text"
     table.caption = (
-        "removed: fraction of scope parameters; D_w/D_y: parameter/output distortion; "
-        + ("KL: next-token nats; " if m.is_decoder else "cos: pooled-embedding cosine; ")
+        "removed: fraction of scope parameters; D_w/D_y: parameter/output distortion on the calibration text; "
+        + (f"KL: next-token nats to dense, ppl, top-1: on {where}; " if m.is_decoder else "cos: pooled-embedding cosine; ")
         + "prefill x: measured speed-up (FLOPs ratio); ! measured on a contended machine"
     )
     for c in cols:
@@ -203,10 +223,17 @@ def _table(rep) -> Table:
             f"{r.achieved_head_ratio:.2f}/{r.achieved_channel_ratio:.2f}",
             _f(d.param_distortion, ".3f"),
             _f(d.output_rel_mse, ".3f"),
-            _f(d.kl_next_token, ".3f") if m.is_decoder else _f(d.pooled_cosine, ".3f"),
         ]
-        if m.is_decoder:
-            row.append(_f(d.perplexity_after, ".3g"))
+        q = r.quality
+        if held_out and q is not None:
+            row += [_f(q.kl_nats, ".3f"), _f(q.perplexity, ".4g"), _f(q.perplexity / rep.dense_quality.perplexity, ".3f"),
+                    _f(q.top1_agreement, ".3f")]
+        elif held_out:
+            row += ["-"] * 4
+        elif m.is_decoder:
+            row += [_f(d.kl_next_token, ".3f"), _f(d.perplexity_after, ".3g")]
+        else:
+            row.append(_f(d.pooled_cosine, ".3f"))
         busy = "!" if s and s.contention and s.contention.verdict == "contended" else ""
         row.append(f"{s.prefill_measured:.2f}{busy} ({s.prefill_flops_ratio:.2f})" if s else "-")
         if m.is_decoder:

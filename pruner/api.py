@@ -27,7 +27,13 @@ class PruneOptions:
             :mod:`coinfer.pruner.recipe`), ``magnitude``, ``activation``, ``fluctuation`` or ``taylor``.
         allocation: ``auto`` or one of :data:`coinfer.pruner.allocation.ALLOCATIONS`.
         compensation: ``auto`` or one of :data:`coinfer.pruner.compensation.COMPENSATIONS`.
-        calib: Calibration text file (None: the shipped sample).
+        calib: Calibration text: a named text or a file (None: ``shakespeare-calib``).
+        eval_text: Decoders: the evaluation text for perplexity, KL and top-1 against the dense
+            model, a named text or a file (None: ``shakespeare-eval``, works disjoint from
+            ``shakespeare-calib``).
+        eval_tokens: Evaluation tokens (whole non-overlapping windows).
+        eval_window: Tokens per evaluation window.
+        quality: Measure the quality on the evaluation text (decoders).
         export_dir: Folder to export shards into (None: no export).
         force: Replace a non-empty ``export_dir``.
         onnx: Also export ONNX shards when exporting.
@@ -49,6 +55,10 @@ class PruneOptions:
     allocation: str = "auto"
     compensation: str = "auto"
     calib: str | None = None
+    eval_text: str | None = None
+    eval_tokens: int = 4096
+    eval_window: int = 512
+    quality: bool = True
     export_dir: str | None = None
     force: bool = False
     onnx: bool = True
@@ -106,6 +116,8 @@ def validate(opts: PruneOptions) -> None:
         raise UserInputError("--export needs --split K (shards are the device and server sides of that cut)")
     if opts.split is not None and opts.split < 0:
         raise UserInputError(f"--split {opts.split}: must be 0 or more")
+    if opts.eval_tokens < 2 or opts.eval_window < 2:
+        raise UserInputError("--eval-tokens and --eval-window must be at least 2")
     if opts.seq_len < 8 or opts.max_windows < 1 or opts.repeats < 1:
         raise UserInputError("--prompt-tokens must be at least 8, windows and repeats at least 1")
     if opts.export_dir is not None:
@@ -152,7 +164,12 @@ def run_prune(opts: PruneOptions) -> Any:
     from coinfer.pruner import calibration
 
     validate(opts)
-    source, text = calibration.read_text(opts.calib)  # validated before loading the model
+    source, text = calibration.read_text(opts.calib)  # the texts are validated before loading the model
+    eval_text = None
+    if opts.quality:
+        from coinfer.models.corpora import DEFAULT_EVALUATION, resolve_text
+
+        eval_text = resolve_text(opts.eval_text, "--eval-text", DEFAULT_EVALUATION)
 
     import torch
 
@@ -171,7 +188,7 @@ def run_prune(opts: PruneOptions) -> Any:
         loaded.adapter.prepare_for_pruning()
     from coinfer.pruner.measure import measure_all
 
-    report = measure_all(loaded, calib, opts)
+    report = measure_all(loaded, calib, opts, eval_text)
     if opts.output is not None:
         from coinfer.reports.io import write_json
 

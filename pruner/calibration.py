@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from coinfer.errors import UserInputError
 from coinfer.vocab import max_positions
-
-BUILTIN = "builtin"
 
 
 @dataclass
@@ -40,29 +36,19 @@ def read_text(path: str | None) -> tuple[str, str]:
     """Read the calibration text; validate it before any model work.
 
     Args:
-        path: The user's file, or None for the shipped sample.
+        path: A named text (``shakespeare-calib``, ``builtin``: the small shipped sample), the
+            user's file, or None for ``shakespeare-calib`` (works disjoint from the evaluation text).
 
     Returns:
         (source label, text).
 
     Raises:
-        UserInputError: Missing, empty, binary or non-UTF-8 file.
+        UserInputError: Missing, empty, binary or non-UTF-8 file; an unknown name.
     """
-    if path is None:
-        return BUILTIN, resources.files("coinfer.models").joinpath("data/calibration.txt").read_text(encoding="utf-8")
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"--calib {path}: no such file")
-    data = p.read_bytes()
-    if b"\x00" in data:
-        raise UserInputError(f"--calib {path}: binary file, expected UTF-8 text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(f"--calib {path}: not UTF-8 text") from None
-    if not text.strip():
-        raise UserInputError(f"--calib {path}: empty file")
-    return str(p), text
+    from coinfer.models.corpora import DEFAULT_CALIBRATION, resolve_text
+
+    text = resolve_text(path, "--calib", DEFAULT_CALIBRATION)
+    return text.name, text.text
 
 
 def build(text: str, source: str, loaded: Any, seq_len: int, max_windows: int) -> Calibration:

@@ -181,6 +181,7 @@ class _Baseline:
     sq_norm: dict[int, float]  # per block: squared norm of its weights
     params: dict[int, int]  # per block: parameters
     model_params: int
+    evalset: Any = None  # models.perplexity.EvalSet of the evaluation text (decoders), or None
 
     @property
     def tokens(self) -> int:
@@ -193,17 +194,24 @@ class _Baseline:
         return len(self.windows) // 2
 
 
-def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
-    """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`."""
+def measure_all(loaded: Any, calib: Any, opts: Any, eval_text: Any = None) -> PruneReport:
+    """Prune the prepared model at each ratio and measure; see :func:`coinfer.pruner.api.run_prune`.
+
+    ``eval_text`` (a :class:`~coinfer.models.corpora.Text`, decoders only) adds the quality of each
+    ratio under the perplexity protocol, beside the dense model's.
+    """
     from coinfer.pruner import tp_adapter
 
     base = _baseline(loaded.adapter, calib, opts)
     notes = _model_notes(base, calib, opts)
+    base.evalset, dense_quality = _dense_quality(loaded, eval_text, calib.source, opts, notes)
     results: list[RatioResult] = []
     final = Path(opts.export_dir) if opts.export_dir else None
     with _export_folder(final, opts.force) as export_tmp:
         for r in opts.ratios:
             res, ad = _measure_ratio(loaded, base, r, opts)
+            if base.evalset is not None:
+                res.quality = _quality(ad, base)
             if export_tmp is not None:
                 files, diffs, enotes = _export_ratio(loaded, ad, r, export_tmp, opts)
                 res.shards, res.onnx_max_abs_diff = files, diffs
@@ -225,6 +233,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         calibration=CalibrationInfo(
             source=calib.source, sha256=calib.sha256, num_sequences=len(base.windows), tokens=calib.tokens, tokenizer=calib.tokenizer
         ),
+        dense_quality=dense_quality,
         results=results,
         empirical_c=max(c_all) if c_all else None,
         empirical_c_fit=max(c_fit) if c_fit else None,
@@ -235,6 +244,30 @@ def measure_all(loaded: Any, calib: Any, opts: Any) -> PruneReport:
         seq_len=base.tokens,
         notes=notes,
     )
+
+
+def _dense_quality(loaded: Any, eval_text: Any, calib_source: str, opts: Any, notes: list[str]) -> tuple[Any, Any]:
+    """The evaluation set and the dense model's figures on it (None, None: no text or an encoder)."""
+    if eval_text is None:
+        return None, None
+    if not loaded.adapter.is_decoder:
+        notes.append("encoder: quality on the evaluation text is the pooled cosine on the calibration windows "
+                     "(no perplexity)")
+        return None, None
+    from coinfer.models import perplexity
+
+    evalset = perplexity.prepare_for(loaded, eval_text, tokens=opts.eval_tokens, window=opts.eval_window)
+    if eval_text.name == calib_source:
+        notes.append(f"the evaluation text is the calibration text ({calib_source}): the perplexity is not held out")
+    return evalset, perplexity.evaluate(perplexity.logits_fn(loaded.adapter), evalset)
+
+
+def _quality(ad: FamilyAdapter, base: _Baseline) -> Any:
+    """A pruned model's figures on the evaluation set, against the dense model."""
+    from coinfer.models import perplexity
+
+    return perplexity.evaluate(perplexity.logits_fn(ad), base.evalset, reference=perplexity.logits_fn(base.ad),
+                               reference_name="dense")
 
 
 def _baseline(ad0: FamilyAdapter, calib: Any, opts: Any) -> _Baseline:

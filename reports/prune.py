@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from coinfer.reports.common import Contention, Document, MachineInfo, ModelIdentity, Schema
+from coinfer.reports.quality import QualityFigures
 from coinfer.vocab import WeightPrecision
 
 
@@ -97,6 +98,9 @@ class RatioResult(Schema):
     distortion: Distortion
     shards: list[ShardFile] = Field(default_factory=list)
     onnx_max_abs_diff: dict[str, float] = Field(default_factory=dict, description="per seq len, vs torch")
+    quality: QualityFigures | None = Field(
+        default=None, description="decoders: perplexity on the evaluation text (disjoint from the calibration text), "
+                                  "KL to and top-1 agreement with the dense model, under the report's protocol")
     fit_output_rel_mse: float | None = Field(default=None, ge=0, description="D_y on the first half (fits C)")
     notes: list[str] = Field(default_factory=list)
 
@@ -123,7 +127,7 @@ class LaplaceFit(Schema):
 class CalibrationInfo(Schema):
     """The text used for importance, distortion and perplexity."""
 
-    source: str = Field(description="'builtin' or the user's file path")
+    source: str = Field(description="a named text (e.g. 'shakespeare-calib', 'builtin') or the user's file path")
     sha256: str
     num_sequences: int = Field(ge=1)
     tokens: int = Field(ge=1)
@@ -135,11 +139,13 @@ class CalibrationInfo(Schema):
 class PruneReport(Document):
     """A versioned pruning report."""
 
-    # Versions: 1 the first; 2 adds each speed-up's contention record (issue 14). Version 1 files
-    # load as they are (the field is optional).
+    # Versions: 1 the first; 2 adds each speed-up's contention record (issue 14); 3 adds the recipe
+    # (allocation, compensation, block sensitivities), the achieved fraction of prunable parameters
+    # and the quality on an evaluation text (dense_quality, results[].quality) (issue 9). Older files
+    # load as they are (every added field is optional).
     kind: Literal["prune_report"] = "prune_report"
-    schema_version: Literal[1, 2] = 2
-    READABLE_SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
+    schema_version: Literal[1, 2, 3] = 3
+    READABLE_SCHEMA_VERSIONS: ClassVar[tuple[int, ...]] = (1, 2, 3)
     model: ModelIdentity
     machine: MachineInfo
     device: Literal["cpu", "cuda"] = "cpu"
@@ -157,6 +163,8 @@ class PruneReport(Document):
     scope: Literal["all", "device"]
     split: int | None = Field(default=None, ge=0, description="device blocks when scope is 'device'")
     calibration: CalibrationInfo
+    dense_quality: QualityFigures | None = Field(
+        default=None, description="decoders: the unpruned model under the same protocol as results[].quality")
     results: list[RatioResult]
     empirical_c: float | None = Field(default=None, description="max over ratios of D_y / D_w")
     empirical_c_fit: float | None = Field(
