@@ -67,6 +67,7 @@ def _render_best(plan: Plan, out: Output) -> None:
         f"total {b.total_latency_ms:,.3f} ms for {plan.prompt_tokens} prompt tokens{_generated(plan)}; device energy {b.energy.total_j:.4g} J (compute {b.energy.compute_j:.4g}, transmit "
         f"{b.energy.transmit_j:.4g}); device memory {b.device_memory_bytes / 1e6:,.2f} MB; "
         f"distortion {b.distortion:.4g}"
+        + ("" if b.ppl_ratio is None or b.ratio == 0 else f"; perplexity {b.ppl_ratio:.3f}x dense's")
     )
     for label, base, gain in (("all on device", plan.all_device, plan.gain_over_all_device),
                               ("all on server", plan.all_server, plan.gain_over_all_server)):
@@ -113,7 +114,7 @@ def _render_cuts(plan: Plan, out: Output) -> None:
               pad_edge=False, collapse_padding=True, show_edge=False)
     cols = ["cut", "device to"] + (["ratio"] if show_ratio else []) + (["freq"] if show_freq else []) + (
         ["tx W"] if show_power else []) + ["prefill", "token", "total ms"] + (
-        ["J"] if show_energy else []) + ["MB"] + (["D_y"] if show_ratio else []) + ["ok"]
+        ["J"] if show_energy else []) + ["MB"] + (["D_y", "ppl x"] if show_ratio else []) + ["ok"]
     for col in cols:
         t.add_column(col, justify="left" if col == "device to" else "right", no_wrap=True)
     broken: dict[str, list[int]] = {}
@@ -126,7 +127,7 @@ def _render_cuts(plan: Plan, out: Output) -> None:
         row += [_ms(c.prefill.total_ms), _ms(c.per_token.total_ms if c.per_token else None), _ms(c.total_latency_ms)]
         row += [f"{c.energy.total_j:.3g}"] if show_energy else []
         row += [f"{c.device_memory_bytes / 1e6:,.1f}"]
-        row += [f"{c.distortion:.3g}"] if show_ratio else []
+        row += [f"{c.distortion:.3g}", "-" if c.ppl_ratio is None else f"{c.ppl_ratio:.3g}"] if show_ratio else []
         row += ["y" if c.feasible else "n"]
         t.add_row(*row, style="bold green" if chosen else None)
         if not c.feasible:
@@ -257,8 +258,9 @@ def plan_cmd(
                                           help="robustness profile (coinfer channel): choose the wire precision with "
                                                "the cut"),
     max_ppl_ratio: float | None = typer.Option(None, "--max-ppl-ratio", rich_help_panel=BUDGETS,
-                                               help="decoders: perplexity over the clean model's, e.g. 1.05 "
-                                                    "(with --robustness)"),
+                                               help="decoders: perplexity over the dense model's, e.g. 1.25: bounds "
+                                                    "the pruning ratio (the prune report's evaluation text) and, with "
+                                                    "--robustness, the channel's cost, each on its own"),
     min_cosine: float | None = typer.Option(None, "--min-cosine", rich_help_panel=BUDGETS,
                                             help="encoders: pooled cosine to the clean model, e.g. 0.99 "
                                                  "(with --robustness)"),
@@ -297,7 +299,8 @@ def plan_cmd(
         channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
         noise_density=noise_density, prompt_tokens=prompt_tokens, decode_steps=decode_steps,
         objective=objective.value, energy_weight=energy_weight, max_latency=max_latency, max_energy=max_energy,
-        max_memory=max_memory, max_distortion=max_distortion, freq_range=freq_range, sweep_rate=sweep_rate,
+        max_memory=max_memory, max_distortion=max_distortion, max_ppl_ratio=max_ppl_ratio, freq_range=freq_range,
+        sweep_rate=sweep_rate,
         links=link, chain_objective=chain_objective.value, member_memory=member_memory,
     )
     req.robust = robust

@@ -90,6 +90,10 @@ def run_cmd(
     decode_steps: int | None = decode_steps_option(
         "decoding steps after the prefill, each crossing the link; the prefill yields the first token, so m steps "
         f"give m + 1 generated tokens \\[default: the plan's, else {DEFAULT_DECODE_STEPS}]"),
+    prompt: str | None = typer.Option(
+        None, "--prompt", metavar="TEXT", rich_help_panel=MODEL,
+        help="decoders: the prompt's last words; real text (the Sonnets) comes before them up to --prompt-tokens "
+             "\\[default: 'The capital of France is']"),
     batch: int = typer.Option(1, "--batch", min=1, rich_help_panel=MODEL, help="sequences per request"),
     ragged: bool = typer.Option(False, "--ragged", rich_help_panel=MODEL,
                                 help="encoders: pad the batch to ragged lengths (the mask crosses)"),
@@ -180,7 +184,7 @@ def run_cmd(
         server_profile=server_profile, prune_report=prune_report, ratio=ratio,
         token_file=token_file, max_sessions=max_sessions,
         precision=precision.value, engine=engine.value,
-        erasure=erasure, snr_db=snr_db, robustness=robustness,
+        erasure=erasure, snr_db=snr_db, robustness=robustness, prompt=prompt,
         strict=strict,
     )
     if role == Role.server:
@@ -256,6 +260,10 @@ def render(r: Any, out: Output, on_stderr: str | None = None) -> None:
     out.print(table)
     t = r.traffic
     per = f", {t.per_token_uplink_bytes:,} B per decode step" if t.per_token_uplink_bytes is not None else ""
+    if r.generated_text is not None:
+        tail = r.prompt_text[-120:].replace("\n", " ") if r.prompt_text else ""
+        out.print(f"prompt (last 120 characters): ...{tail}", markup=False, highlight=False)
+        out.print(f"generated ({r.decode_steps + 1} tokens): {r.generated_text!r}", markup=False, highlight=False)
     out.print(f"sent: prefill uplink {t.prefill_uplink_bytes:,} B{per}, downlink {t.downlink_bytes:,} B, total {t.total_bytes:,} B")
     if r.matches_unsplit is not None:
         what = "tokens" if r.model.is_decoder else f"output (max |diff| {r.max_abs_diff:.3g})"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,7 @@ class Budgets:
     energy_j: float | None = None
     memory_bytes: float | None = None
     distortion: float | None = None
+    ppl_ratio: float | None = None  # pruning's perplexity over dense on the prune report's evaluation text
 
     def __post_init__(self) -> None:
         for name, v in self.as_dict().items():
@@ -132,6 +134,7 @@ class RatioOption:
     device_pruned: np.ndarray  # per stage: runs faster when on the device
     server_pruned: np.ndarray  # per stage: runs faster when on the server
     allowed_cuts: np.ndarray  # per cut 0..N
+    ppl_ratio: float = 1.0  # perplexity over dense on the evaluation text; inf: not measured
 
 
 def check_compatible(a: Profile, b: Profile, what_a: str = "device", what_b: str = "server") -> None:
@@ -295,7 +298,7 @@ class CostModel:
         e_cmp = a * a * (dev_pj + m * dev_tj)
         e_tx = tx_power_w * airtime_s
         energy = EnergyBreakdown(compute_j=e_cmp, transmit_j=e_tx, total_j=e_cmp + e_tx)
-        violations = self._violations(budgets, total, e_cmp + e_tx, mem, opt.distortion)
+        violations = self._violations(budgets, total, e_cmp + e_tx, mem, opt.distortion, opt.ppl_ratio)
         if not opt.allowed_cuts[cut]:
             violations.insert(0, f"ratio {opt.ratio:g} was measured only at another cut")
         return Candidate(
@@ -304,12 +307,14 @@ class CostModel:
             uplink_prefill_bytes=int(upb), uplink_per_token_bytes=int(utb),
             prefill=prefill, per_token=per_token, total_latency_ms=total, energy=energy,
             device_memory_bytes=int(round(mem)), distortion=opt.distortion,
+            ppl_ratio=opt.ppl_ratio if math.isfinite(opt.ppl_ratio) else None,
             objective=float(objective.value(total, e_cmp + e_tx)),
             feasible=not violations, violations=violations,
         )
 
     @staticmethod
-    def _violations(b: Budgets, latency_ms: float, energy_j: float, mem: float, distortion: float) -> list[str]:
+    def _violations(b: Budgets, latency_ms: float, energy_j: float, mem: float, distortion: float,
+                    ppl_ratio: float) -> list[str]:
         out = []
         if b.latency_ms is not None and latency_ms > b.latency_ms:
             out.append(f"latency {latency_ms:.4g} ms > {b.latency_ms:.4g} ms")
@@ -319,7 +324,17 @@ class CostModel:
             out.append(f"memory {mem / 1e6:.4g} MB > {b.memory_bytes / 1e6:.4g} MB")
         if b.distortion is not None and distortion > b.distortion:
             out.append(f"distortion {distortion:.4g} > {b.distortion:.4g}")
+        if b.ppl_ratio is not None and ppl_ratio > b.ppl_ratio:
+            out.append(f"perplexity {ppl_ratio:.4g}x dense > {b.ppl_ratio:.4g}x" if math.isfinite(ppl_ratio)
+                       else "perplexity not measured (prune with an evaluation text)")
         return out
+
+
+def _ppl_ratio(prune: PruneReport, res: Any) -> float:
+    """A ratio's perplexity over dense on the report's evaluation text (inf: not measured)."""
+    if prune.dense_quality is None or res.quality is None:
+        return math.inf
+    return res.quality.perplexity / prune.dense_quality.perplexity
 
 
 def _ratio_options(prune: PruneReport | None, num_blocks: int, notes: list[str]) -> list[RatioOption]:
@@ -375,7 +390,8 @@ def _ratio_options(prune: PruneReport | None, num_blocks: int, notes: list[str])
             srv_pruned = np.zeros(n_st, bool)
             allowed = np.zeros(n_st + 1, bool)
             allowed[k + 1] = True
-        opts.append(RatioOption(r, sp, sd, res.distortion.output_rel_mse, scale, dev_pruned, srv_pruned, allowed))
+        opts.append(RatioOption(r, sp, sd, res.distortion.output_rel_mse, scale, dev_pruned, srv_pruned, allowed,
+                                ppl_ratio=_ppl_ratio(prune, res)))
     if prune.scope == "device" and len(opts) > 1:
         notes.append(f"pruning report scope 'device' (split {prune.split}): pruned ratios apply only at cut "
                      f"{prune.split + 1} ({cut_name(prune.split + 1, num_blocks)})")

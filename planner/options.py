@@ -78,6 +78,7 @@ def request_from_cli(
     max_energy: str | None = None,
     max_memory: str | None = None,
     max_distortion: float | None = None,
+    max_ppl_ratio: float | None = None,
     freq_range: str | None = None,
     sweep_rate: str | None = None,
     links: list[str] | None = None,
@@ -98,11 +99,14 @@ def request_from_cli(
         raise UserInputError(f"--decode-steps {decode_steps}: must not be negative")
     if max_distortion is not None and (not math.isfinite(max_distortion) or max_distortion < 0):
         raise UserInputError(f"--max-distortion {max_distortion!r}: must be a finite number, not negative")
+    if max_ppl_ratio is not None and not (math.isfinite(max_ppl_ratio) and max_ppl_ratio >= 1):
+        raise UserInputError(f"--max-ppl-ratio {max_ppl_ratio!r}: must be a number >= 1 (1 = the dense model)")
     budgets = Budgets(
         latency_ms=parse_duration_ms(max_latency, "--max-latency") if max_latency is not None else None,
         energy_j=parse_energy_j(max_energy, "--max-energy") if max_energy is not None else None,
         memory_bytes=float(parse_bytes(max_memory, "--max-memory")) if max_memory is not None else None,
         distortion=max_distortion,
+        ppl_ratio=max_ppl_ratio,
     )
     rtt_ms = parse_duration_ms(rtt, "--rtt")
     down = parse_rate_bps(down_rate, "--down-rate") if down_rate is not None else None

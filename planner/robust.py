@@ -493,7 +493,8 @@ def robust_spec_from_cli(
         UserInputError: The first bad option, in one line (e.g. an erasure probability outside
             [0, 1], an SNR that is not a number, a channel option without --robustness).
     """
-    extra = [o for o, v in (("--max-ppl-ratio", max_ppl_ratio), ("--min-cosine", min_cosine), ("--erasure", erasure),
+    # --max-ppl-ratio alone bounds pruning's perplexity (the prune report's evaluation text).
+    extra = [o for o, v in (("--min-cosine", min_cosine), ("--erasure", erasure),
                             ("--snr-db", snr_db), ("--states", states), ("--trace", trace),
                             ("--switch-delay", switch_delay), ("--rl-timesteps", rl_timesteps or None)) if v is not None]
     if robustness is None:

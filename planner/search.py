@@ -29,6 +29,7 @@ class Cumulative:
     mem: np.ndarray
     allowed: np.ndarray
     distortion: np.ndarray  # (R,)
+    ppl_ratio: np.ndarray  # (R,)
 
 
 def cumulative(model: CostModel) -> Cumulative:
@@ -46,7 +47,8 @@ def cumulative(model: CostModel) -> Cumulative:
     scale = np.array([o.param_scale for o in ops])
     mem = upto(model.param_bytes * scale + model.kv_bytes_per_token * ctx)
     allowed = np.array([o.allowed_cuts for o in ops])
-    return Cumulative(dev_ms, dev_j, srv_ms, mem, allowed, np.array([o.distortion for o in ops]))
+    return Cumulative(dev_ms, dev_j, srv_ms, mem, allowed, np.array([o.distortion for o in ops]),
+                      np.array([o.ppl_ratio for o in ops]))
 
 
 @dataclass
@@ -80,6 +82,7 @@ def grid(model: CostModel, link: Link, freqs: np.ndarray, objective: Objective, 
         "energy_j": energy,
         "memory_bytes": cu.mem.T[:, :, None, None],
         "distortion": cu.distortion[None, :, None, None],
+        "ppl_ratio": cu.ppl_ratio[None, :, None, None],
     }
     feasible = allowed.copy()
     for name, limit in budgets.as_dict().items():
@@ -100,7 +103,8 @@ class SearchResult:
 
 
 _UNITS = {"latency_ms": ("latency", "ms", 1.0), "energy_j": ("energy", "J", 1.0),
-          "memory_bytes": ("memory", "MB", 1e-6), "distortion": ("distortion", "", 1.0)}
+          "memory_bytes": ("memory", "MB", 1e-6), "distortion": ("distortion", "", 1.0),
+          "ppl_ratio": ("perplexity over dense", "x", 1.0)}
 
 
 def binding_budget(g: GridResult, budgets: Budgets) -> str:
@@ -214,8 +218,9 @@ def sweep_rates(
     static_ok = cu.allowed.T[:, :, None, None].copy()
     if "memory_bytes" in limits:
         static_ok &= cu.mem.T[:, :, None, None] <= limits["memory_bytes"]
-    if "distortion" in limits:
-        static_ok &= cu.distortion[None, :, None, None] <= limits["distortion"]
+    for name in ("distortion", "ppl_ratio"):
+        if name in limits:
+            static_ok &= getattr(cu, name)[None, :, None, None] <= limits[name]
     shape = base_lat.shape[:3] + (len(powers),)
     out_idx = np.full((len(rates), 4), -1, dtype=int)
     out_obj = np.full(len(rates), np.inf)

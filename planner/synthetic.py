@@ -6,6 +6,7 @@ The numbers are made up (or random with a seed); a profile made here says so in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from coinfer.reports.prune import (
     RatioResult,
     Speedup,
 )
+from coinfer.reports.quality import PerplexityProtocol, QualityFigures, TextRef
 from coinfer.reports.robustness import ChannelCondition, Estimate, RobustnessPoint, RobustnessProfile
 from coinfer.vocab import WIRE_DTYPES, block_name, stage_kind, stage_names
 
@@ -139,8 +141,10 @@ def synthetic_prune_report(
     config: str = "ab",
     hidden: int = 64,
     is_decoder: bool = True,
+    ppl_ratios: Sequence[float] | None = None,
 ) -> PruneReport:
-    """A pruning report with, per ratio, a speed-up (default 1 + ratio) and distortion (ratio^2)."""
+    """A pruning report with, per ratio, a speed-up (default 1 + ratio) and distortion (ratio^2);
+    with ``ppl_ratios``, perplexities of a dense 10 times each on a made-up evaluation text."""
     speedups = speedups or [1.0 + r for r in ratios]
     distortions = distortions or [r * r for r in ratios]
     pruned = range(num_blocks) if scope == "all" else range(split or 0)
@@ -155,12 +159,21 @@ def synthetic_prune_report(
             params_after=int(1000 * (1 - r)), prefill_flops_before=1.0, prefill_flops_after=1.0 - r,
             speedup=_speedup(s, r, [block_name(i) for i in pruned]),
             distortion=Distortion(output_rel_mse=d, param_distortion=d),
+            quality=_quality(10.0 * ppl_ratios[len(results)]) if ppl_ratios else None,
         ))
     return PruneReport(
         model=identity(num_blocks, hidden, is_decoder, config), machine=_MACHINE, threads=1, importance="magnitude",
         scope=scope, split=split,
         calibration=CalibrationInfo(source="builtin", sha256="0" * 64, num_sequences=1, tokens=1), results=results,
+        dense_quality=_quality(10.0) if ppl_ratios else None,
     )
+
+
+def _quality(perplexity: float) -> QualityFigures:
+    text = TextRef(name="made-up", sha256="0" * 64, source="synthetic")
+    protocol = PerplexityProtocol(text=text, tokenizer="model", tokens=512, window=256, stride=256, bos_prepended=False,
+                                  first_token_scored=False, dtype="fp32")
+    return QualityFigures(protocol=protocol, perplexity=perplexity, nll_nats=math.log(perplexity))
 
 
 def synthetic_robustness(

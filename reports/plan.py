@@ -86,6 +86,9 @@ class Candidate(Schema):
     energy: EnergyBreakdown
     device_memory_bytes: int = Field(ge=0, description="weights of the device stages plus their KV cache")
     distortion: float = Field(default=0.0, ge=0, description="output relative MSE from the pruning report")
+    ppl_ratio: float | None = Field(
+        default=None, ge=0, description="pruning's perplexity over dense on the prune report's evaluation text "
+                                        "(None: not measured)")
     # Added without a version bump (optional; files written before still load): set by plans
     # made with a robustness profile, which choose the wire precision with the cut.
     wire_dtype: WireDtype | None = Field(default=None, description="the activation's wire precision; None: the link's")

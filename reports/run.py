@@ -139,6 +139,11 @@ class RunResult(Document):
     per_generated_token: Measured | None = Field(default=None, description="total end to end / tokens out (decode steps + 1)")
     traffic: Traffic
     generated_tokens: list[list[int]] | None = None
+    prompt_text: str | None = Field(
+        default=None, description="decoders with a tokenizer: the prompt as text (real text, ending with the "
+                                  "asked prompt)")
+    generated_text: str | None = Field(default=None, description="decoders with a tokenizer: the first sequence's "
+                                                                 "generated tokens as text")
     matches_unsplit: bool | None = Field(
         default=None,
         description="output identical to the unsplit model (exported shards: to the same shards in one process)",

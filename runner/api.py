@@ -66,6 +66,7 @@ class RunOptions:
     max_sessions: int = 1
     precision: str = "fp32"
     engine: str = "torch"
+    prompt: str | None = None
     erasure: str | None = None
     snr_db: str | None = None
     robustness: str | None = None
@@ -247,10 +248,25 @@ def _stages(start: int, end: int, names: list[str]) -> str:
     return names[start] if end - start == 1 else f"{names[start]}..{names[end - 1]}"
 
 
-def _prompt(vocab: int, batch: int, tokens: int, seed: int, ragged: bool, is_decoder: bool):
+def _prompt(loaded: Any, batch: int, tokens: int, seed: int, ragged: bool, text: str | None):
+    """Decoders: a real-text prompt of ``tokens`` tokens ending with ``text`` (see
+    :func:`coinfer.models.corpora.prompt_ids`), the same for every sequence of the batch. Encoders:
+    seeded random ids, padded to ragged lengths with ``ragged``."""
     import torch
 
+    from coinfer.models.corpora import prompt_ids
+
+    is_decoder = loaded.adapter.is_decoder
+    if text is not None and not is_decoder:
+        raise UserInputError("--prompt is for decoders (an encoder's input is random token ids)")
+    if is_decoder and not ragged:
+        vocab = loaded.adapter.vocab_size
+        own = prompt_ids(loaded.tokenizer, vocab, text=text)
+        # A prompt shorter than the default one's tokens is the default's end; the user's own must fit.
+        one = own[-tokens:] if text is None and len(own) > tokens else prompt_ids(loaded.tokenizer, vocab, tokens, text)
+        return torch.tensor([one] * batch, dtype=torch.int64), None
     gen = torch.Generator().manual_seed(seed)
+    vocab = loaded.adapter.vocab_size
     ids = torch.randint(0, vocab, (batch, tokens), generator=gen)
     if not ragged:
         return ids, None
@@ -408,6 +424,7 @@ class _Setup:
     shard_cut: int | None = None
     dev_cfg: Any = None  # the exported device shard's config
     prompt_tokens: int = 0
+    prompt_ids: list[int] | None = None  # decoders: the first sequence's prompt
     # known once the model is loaded
     loaded: Any = None
     new_tokens: int = 0
@@ -433,8 +450,8 @@ def _run_device_side(opts: RunOptions, on_event: EventSink, passive_omp: bool = 
     if rc is not None:
         channel_run.check_fit(rc, s.loaded.identity, s.bounds, s.shards is not None)
     prediction, notes = _prediction(s)
-    ids, mask = _prompt(s.loaded.adapter.vocab_size, opts.batch, s.prompt_tokens, opts.seed, opts.ragged,
-                        s.loaded.adapter.is_decoder)
+    ids, mask = _prompt(s.loaded, opts.batch, s.prompt_tokens, opts.seed, opts.ragged, opts.prompt)
+    s.prompt_ids = ids[0].tolist() if s.loaded.adapter.is_decoder else None
     request = dict(bounds=s.bounds, input_ids=ids.tolist(), attention_mask=None if mask is None else mask.tolist(),
                    new_tokens=s.new_tokens, wire_dtype=s.wire_dtype, runs=opts.warmup + opts.repeats,
                    rtt_ms=s.rtt_ms, timeout_s=opts.timeout_s, threads=s.threads, check=opts.check, shards=s.shards,
@@ -688,6 +705,8 @@ def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, li
         per_generated_token=phases.per_generated_token,
         traffic=traffic(outcome, _predicted_payload(s)),
         generated_tokens=outcome.tokens,
+        prompt_text=_text(s.loaded, s.prompt_ids) if s.prompt_ids else None,
+        generated_text=_text(s.loaded, outcome.tokens[0]) if outcome.tokens else None,
         matches_unsplit=outcome.matches_unsplit,
         max_abs_diff=outcome.max_abs_diff,
         device_precision=opts.precision,  # type: ignore[arg-type]
@@ -695,6 +714,11 @@ def _result(s: _Setup, outcome: DeviceOutcome, prediction: Prediction | None, li
         contention=contention,
         notes=notes,
     )
+
+
+def _text(loaded: Any, ids: list[int]) -> str | None:
+    """Token ids as text through the model's tokenizer (None: a model without one)."""
+    return None if loaded.tokenizer is None else str(loaded.tokenizer.decode(ids))
 
 
 def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any], n_members: int,

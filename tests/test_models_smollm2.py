@@ -49,3 +49,18 @@ def test_models_lists_smollm2_with_its_weights(capsys):
     out = capsys.readouterr().out
     line = next(row for row in out.splitlines() if "smollm2" in row)
     assert "real (dequantized from Q4_1)" in " ".join(line.split())
+
+
+def test_run_generates_from_real_text_and_prints_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from coinfer.reports.io import load_document
+    from coinfer.reports.run import RunResult
+
+    args = ["run", "--model", "smollm2", "--cut", "8", "--prompt-tokens", "16", "--decode-steps", "3", "--warmup", "0",
+            "--threads", "1", "--prompt", DEFAULT_PROMPT, "-o", "run.json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    r = load_document(tmp_path / "run.json", RunResult)
+    assert r.prompt_text.endswith(DEFAULT_PROMPT) and r.prompt_tokens == 16 and len(r.generated_tokens[0]) == 4
+    assert "Paris" in r.generated_text and r.matches_unsplit
+    assert f"generated (4 tokens): {r.generated_text!r}" in out and "tokens identical to the unsplit model: yes" in out

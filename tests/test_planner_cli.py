@@ -241,3 +241,29 @@ def test_nominal_candidates_are_unpruned_at_full_frequency(files, capsys):
 def test_random_weights_are_labelled(files, capsys):
     out = run_ok(capsys, "--device-profile", files["dev"], "--server-profile", files["srv"], "--rate", "20Mbps")
     assert "weights: random" in out.splitlines()[0]
+
+
+def test_a_perplexity_budget_bounds_the_pruning_ratio(tmp_path, capsys):
+    dev = synthetic_profile(6, seq_len=32, hidden=128)
+    prune = synthetic_prune_report(6, ratios=(0.2, 0.5), speedups=(1.3, 1.8), distortions=(0.01, 0.2), hidden=128,
+                                   ppl_ratios=(1.1, 1.6))
+    write_json(dev, tmp_path / "dev.json")
+    write_json(prune, tmp_path / "prune.json")
+    base = ["--device-profile", tmp_path / "dev.json", "--server-speedup", "5", "--prune-report", tmp_path / "prune.json",
+            "--rate", "20Mbps", "--rtt", "10ms", "--prompt-tokens", "32", "--decode-steps", "8", "--json"]
+    model = build_cost_model(dev, derive_server_profile(dev, 5.0), Workload(32, 8), "fp32", prune)
+    for limit, allowed in ((1.7, {0.0, 0.2, 0.5}), (1.2, {0.0, 0.2}), (1.05, {0.0})):
+        plan = Plan.model_validate_json(run_ok(capsys, *base, "--max-ppl-ratio", limit))
+        res = search(model, Link(rate_bps=20e6, rtt_ms=10), np.array([1.0]), Objective(), Budgets(ppl_ratio=limit))
+        assert plan.best.ratio in allowed and plan.best.ratio == res.best.ratio and plan.best.cut == res.best.cut
+        assert plan.best.ppl_ratio == pytest.approx({0.0: 1.0, 0.2: 1.1, 0.5: 1.6}[plan.best.ratio])
+        assert plan.budgets["ppl_ratio"] == limit
+    # unbounded, the faster ratio wins
+    assert Plan.model_validate_json(run_ok(capsys, *base)).best.ratio == 0.5
+
+
+def test_a_perplexity_budget_without_measured_perplexity_keeps_the_dense_model(files, capsys):
+    plan = Plan.model_validate_json(run_ok(capsys, "--device-profile", files["dev"], "--server-speedup", "5",
+                                           "--prune-report", files["prune"], "--rate", "20Mbps", "--json",
+                                           "--max-ppl-ratio", "1.5"))
+    assert plan.best.ratio == 0 and plan.best.ppl_ratio == 1.0
