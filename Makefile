@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo demo-minilm test lint install clean
+.PHONY: demo demo-minilm test lint install clean bench bench-quick
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,14 @@ demo-minilm: $(STAMP)
 	$(BIN)/coinfer plan --device-profile out/minilm.profile.json --server-speedup 8 --rate 20Mbps --rtt 10ms \
 		--sweep-rate 100kbps:1Gbps -o out/minilm.plan.json
 	$(BIN)/coinfer report out/minilm.profile.json out/minilm.plan.json -o out/minilm-report --force
+
+# Every benchmark, written up in BENCHMARKS.md (about 40 minutes on 2 cores; timings are reported,
+# never asserted). bench-quick runs the same harness on a tiny model in under a minute.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --out-dir benchmarks/results/suite --md BENCHMARKS.md
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --quick --out-dir out/bench-quick --md out/bench-quick/BENCHMARKS.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

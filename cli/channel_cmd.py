@@ -113,9 +113,9 @@ def render(p: Any, out: Output) -> None:
     pay = {pt.condition.wire_dtype: pt.payload_bytes_per_token for pt in p.points}
     out.print("payload per token: " + ", ".join(f"{w} {b:,} B" for w, b in pay.items()), highlight=False)
     dec = p.metric == "perplexity_ratio"
-    if dec:
-        out.print(f"clean perplexity {p.clean_perplexity:.4g}; protocol: {p.protocol.describe()}", markup=False,
-                  highlight=False)
+    if dec and p.clean_perplexity is not None:
+        proto = p.protocol.describe() if p.protocol is not None else "not recorded"
+        out.print(f"clean perplexity {p.clean_perplexity:.4g}; protocol: {proto}", markup=False, highlight=False)
     table = Table(title=f"per cut and condition: mean ± half the {p.confidence:.0%} CI over draws", box=box.SIMPLE_HEAD)
     table.add_column("cut", justify="right")
     table.add_column("condition", no_wrap=True)

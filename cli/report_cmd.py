@@ -12,7 +12,9 @@ from rich.table import Table as RichTable
 from coinfer.cli.common import OUTPUT, Output, command, json_option, quiet_option, verbose_option
 
 # The command that wrote each kind of file, whose `render(document, out)` `show` reuses.
-_RENDERERS = {"profile": "profile_cmd", "prune_report": "prune_cmd", "plan": "plan_cmd", "run_result": "run_cmd"}
+_RENDERERS = {"profile": "profile_cmd", "prune_report": "prune_cmd", "plan": "plan_cmd", "run_result": "run_cmd",
+              "robustness_profile": "channel_cmd", "precision_report": "quantize_cmd",
+              "perplexity_report": "perplexity_cmd"}
 
 
 @command("report")

@@ -9,7 +9,6 @@ from typing import Any
 
 from coinfer.errors import UserInputError
 from coinfer.pruner.importance import IMPORTANCES
-from coinfer.vocab import DEFAULT_PROMPT_TOKENS
 
 SCOPES = ("all", "device")
 
@@ -62,8 +61,8 @@ class PruneOptions:
     export_dir: str | None = None
     force: bool = False
     onnx: bool = True
-    seq_len: int = DEFAULT_PROMPT_TOKENS
-    max_windows: int = 8
+    seq_len: int = 512
+    max_windows: int = 32
     repeats: int = 10
     measure_speed: bool = True
     round_to: int = 8

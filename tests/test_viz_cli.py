@@ -40,7 +40,7 @@ def test_report_folder_holds_page_twin_and_pictures(written):
     for text in (page, md):
         assert "weights: random" in text and "tiny-gpt2" in text
         assert "gain over all on device" in text and "gain over all on server" in text
-        assert "calibration and perplexity protocol" in text and "energy source" in text
+        assert "perplexity protocol" in text and "calibration" in text and "energy source" in text
     assert not [p for p in written.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 

@@ -225,7 +225,7 @@ def test_run_predicted_against_measured(full):
 
 
 def test_a_new_kind_plugs_in_with_a_schema_and_one_renderer(tmp_path):
-    """What `coinfer channel`'s robustness profile will do: register its schema and one function."""
+    """A later kind of file registers its schema and one function (as the robustness profile did)."""
     from typing import Literal
 
     from coinfer.reports.common import Document, ModelIdentity
@@ -234,7 +234,7 @@ def test_a_new_kind_plugs_in_with_a_schema_and_one_renderer(tmp_path):
     from coinfer.viz.style import Picture, new_figure
 
     class Robustness(Document):
-        kind: Literal["robustness_profile"] = "robustness_profile"
+        kind: Literal["toy_sweep"] = "toy_sweep"
         schema_version: Literal[1] = 1
         model: ModelIdentity
         erasure_p: list[float]
@@ -250,8 +250,8 @@ def test_a_new_kind_plugs_in_with_a_schema_and_one_renderer(tmp_path):
 
     ident = _doc("plan.json", Plan).model
     write_json(Robustness(model=ident, erasure_p=[0.01, 0.1], ppl_ratio=[1.1, 2.0]), tmp_path / "r.json")
-    documents.register_kind("robustness_profile", Robustness)
-    sections.renderer("robustness_profile")(draw)
+    documents.register_kind("toy_sweep", Robustness)
+    sections.renderer("toy_sweep")(draw)
     try:
         rep = build_report([DATA / "plan.json", tmp_path / "r.json"])
         assert [s.title for s in rep.sections][-1] == "Robustness"
@@ -259,5 +259,5 @@ def test_a_new_kind_plugs_in_with_a_schema_and_one_renderer(tmp_path):
         assert list(robust.get_lines()[0].get_ydata()) == [1.1, 2.0]
         assert main(["show", str(tmp_path / "r.json")]) == 2
     finally:
-        documents.SCHEMAS.pop("robustness_profile")
-        sections.RENDERERS.pop("robustness_profile")
+        documents.SCHEMAS.pop("toy_sweep")
+        sections.RENDERERS.pop("toy_sweep")  # the real kinds are left as they were

@@ -10,8 +10,11 @@ from coinfer.errors import SchemaError
 from coinfer.reports.common import Document
 from coinfer.reports.io import file_sha256, load_document, read_json_file
 from coinfer.reports.plan import Plan
+from coinfer.reports.precision import PrecisionReport
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
+from coinfer.reports.quality import PerplexityReport
+from coinfer.reports.robustness import RobustnessProfile
 from coinfer.reports.run import RunResult
 
 # kind -> schema; a new kind (e.g. the robustness profile of `coinfer channel`) registers here
@@ -21,6 +24,9 @@ SCHEMAS: dict[str, type[Document]] = {
     "prune_report": PruneReport,
     "plan": Plan,
     "run_result": RunResult,
+    "robustness_profile": RobustnessProfile,
+    "precision_report": PrecisionReport,
+    "perplexity_report": PerplexityReport,
 }
 
 

@@ -11,11 +11,15 @@ from coinfer.viz.style import BLACK, BLUE, GREEN, ORANGE, VERMILION, Picture, ne
 def quality_series(rep: PruneReport) -> tuple[str, list[float], list[float]] | None:
     """(y label, ratios, values) of the task-level quality, or None when the report has none.
 
-    Decoders: perplexity after over before when measured, else next-token KL; encoders: the
-    pooled-embedding cosine.
+    Decoders: perplexity over dense on the evaluation text when measured, else on the calibration
+    text, else next-token KL; encoders: the pooled-embedding cosine.
     """
     rs = rep.results
     if rep.model.is_decoder:
+        if rep.dense_quality is not None and all(r.quality is not None for r in rs):
+            dense = rep.dense_quality.perplexity
+            return ("perplexity over dense on the evaluation text (x)", [r.requested_ratio for r in rs],
+                    [r.quality.perplexity / dense for r in rs])
         if all(r.distortion.perplexity_after and r.distortion.perplexity_before for r in rs):
             vals = [r.distortion.perplexity_after / r.distortion.perplexity_before for r in rs]
             return "perplexity, pruned over original (x)", [r.requested_ratio for r in rs], vals
@@ -51,7 +55,9 @@ def quality_picture(rep: PruneReport) -> Picture | None:
     worst = ys[-1]
     return Picture("prune-quality", "Quality against pruning ratio",
                    f"{label} at each ratio (at {xs[-1]:g}: {worst:.4g}), with the output distortion D_y on the "
-                   f"right axis; measured on {rep.calibration.tokens} calibration tokens ({rep.calibration.source}).",
+                   f"right axis; quality on "
+                   + (rep.dense_quality.protocol.describe() if rep.dense_quality is not None and "evaluation" in label
+                      else f"{rep.calibration.tokens} calibration tokens ({rep.calibration.source})") + ".",
                    fig)
 
 

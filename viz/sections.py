@@ -11,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from coinfer.reports.plan import Plan
+from coinfer.reports.precision import PrecisionReport
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
+from coinfer.reports.quality import PerplexityReport
+from coinfer.reports.robustness import RobustnessProfile
 from coinfer.reports.run import RunResult
 from coinfer.units import fmt_rate
-from coinfer.viz import plan_figs, profile_figs, prune_figs, run_figs
+from coinfer.viz import plan_figs, profile_figs, prune_figs, quality_figs, run_figs
 from coinfer.viz.documents import Loaded
 from coinfer.viz.plan_curves import cut_curves, derived_speedup, resolve_inputs
 from coinfer.viz.style import Picture
@@ -152,7 +155,11 @@ def prune_sections(items: list[Loaded], everything: list[Loaded]) -> list[Sectio
             ("importance", rep.importance),
             ("scope", rep.scope + (f" (device blocks 1..{rep.split})" if rep.split is not None else "")),
             ("measured on", f"{_machine(rep.machine)}; {rep.device}, {rep.threads} threads"),
-            ("calibration and perplexity protocol", _ppl_protocol(rep)),
+            ("calibration", _ppl_protocol(rep)),
+            ("recipe", f"importance {rep.importance}, allocation {rep.allocation or '-'}, "
+                       f"compensation {rep.compensation or '-'}"),
+            ("perplexity protocol", "-" if rep.dense_quality is None else
+             f"{rep.dense_quality.protocol.describe()}; dense perplexity {rep.dense_quality.perplexity:.4g}"),
             ("empirical C (fit)", f"{_g(rep.empirical_c)} ({_g(rep.empirical_c_fit)})"),
             ("bound D_y <= C_fit x D_w on held-out windows",
              {True: "holds", False: "violated", None: "-"}[rep.bound_holds]),
@@ -169,7 +176,9 @@ def prune_sections(items: list[Loaded], everything: list[Loaded]) -> list[Sectio
                 f"{r.requested_ratio:g}", f"{r.achieved_param_ratio:.3f}" if r.pruned_anything else "none",
                 f"{r.achieved_head_ratio:.2f}/{r.achieved_channel_ratio:.2f}", _g(d.param_distortion, ".3f"),
                 _g(d.output_rel_mse, ".3f"), _g(d.kl_next_token if rep.model.is_decoder else d.pooled_cosine, ".3f"),
-                "-" if d.perplexity_after is None else f"{d.perplexity_after:.4g} (dense {_g(d.perplexity_before)})",
+                (f"{r.quality.perplexity:.4g} ({r.quality.perplexity / rep.dense_quality.perplexity:.3f}x dense)"
+                 if r.quality is not None and rep.dense_quality is not None else
+                 "-" if d.perplexity_after is None else f"{d.perplexity_after:.4g} (dense {_g(d.perplexity_before)})"),
                 "-" if s is None else f"{s.prefill_measured:.2f} ({s.prefill_flops_ratio:.2f})",
                 "-" if s is None or s.decode_measured is None else f"{s.decode_measured:.2f}",
             ])
@@ -275,6 +284,8 @@ def run_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]
         ]
         if run.matches_unsplit is not None:
             sec.facts.append(("identical to the unsplit model", "yes" if run.matches_unsplit else "NO"))
+        if run.generated_text is not None:
+            sec.facts.append(("generated", repr(run.generated_text)))
         sec.pictures.append(run_figs.predicted_picture(run))
         rows = []
         for name, ph in run_figs.phases(run):
@@ -285,6 +296,82 @@ def run_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]
         sec.tables.append(Table("measured against predicted (ms)", ["phase", "term", "measured", "predicted", "error"],
                                 rows))
         sec.notes += run.notes
+        out.append(sec)
+    return out
+
+
+@renderer("robustness_profile")
+def robustness_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]:
+    """One section per robustness profile: quality against erasure and noise per cut, and the points."""
+    out = []
+    for item in items:
+        p: RobustnessProfile = item.doc  # type: ignore[assignment]
+        sec = Section(f"Channel robustness ({item.label})", [str(item.path)])
+        sec.facts += [
+            ("quality figure", p.metric.replace("_", " ")),
+            ("protocol", p.protocol.describe() if p.protocol is not None else (p.text.name if p.text else "-")),
+            ("clean perplexity", _g(p.clean_perplexity)),
+            ("cuts", ", ".join(str(c) for c in p.cuts)),
+            ("measuring", f"seed {p.seed}, {p.confidence:.0%} intervals over draws, {p.model_evaluations:,} server-part "
+                          f"evaluations; {_machine(p.machine)}"),
+        ]
+        for kind in ("erasure", "awgn"):
+            if (pic := quality_figs.severity_picture(p, kind)) is not None:
+                sec.pictures.append(pic)
+        rows = []
+        for pt in p.points:
+            m = pt.perplexity_ratio if p.metric == "perplexity_ratio" else pt.pooled_cosine
+            rows.append([str(pt.cut), pt.cut_name, pt.condition.label(), f"{pt.payload_bytes_per_token:,}",
+                         "-" if m is None else f"{m.mean:.4g} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
+                         f"{pt.output_rel_mse.mean:.3g}"])
+        sec.tables.append(Table("quality per cut and condition (mean [confidence interval])",
+                                ["cut", "device to", "condition", "B/token", p.metric.replace("_", " "), "rel-MSE"], rows))
+        sec.notes += p.notes
+        out.append(sec)
+    return out
+
+
+@renderer("precision_report")
+def precision_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]:
+    """One section per precision report: speed-up against quality per precision, engine and ratio."""
+    out = []
+    for item in items:
+        rep: PrecisionReport = item.doc  # type: ignore[assignment]
+        sec = Section(f"Weight precision ({item.label})", [str(item.path)])
+        sec.facts += [
+            ("scope", rep.scope + (f" (device blocks 1..{rep.split})" if rep.split is not None else "")),
+            ("timed", f"{rep.prefill_tokens}-token prefill, decode at {rep.decode_context_tokens or '-'} tokens of "
+                      f"context, {rep.repeats} repeats interleaved, {rep.threads} threads; {_machine(rep.machine)}"),
+            ("reference perplexity (fp32)", _g(rep.reference_perplexity)),
+        ]
+        if (pic := quality_figs.precision_picture(rep)) is not None:
+            sec.pictures.append(pic)
+        rows = []
+        for r in rep.results:
+            q = r.quality
+            quality = "-" if q is None else (_g(q.perplexity_ratio, ".4f") if rep.model.is_decoder
+                                             else _g(q.pooled_cosine, ".4f"))
+            rows.append([r.precision, r.engine, f"{r.pruning_ratio:g}", "yes" if r.supported else "no",
+                         _g(r.prefill_speedup, ".2f"), _g(r.decode_speedup, ".2f"), quality])
+        sec.tables.append(Table("per precision, engine and pruning ratio",
+                                ["precision", "engine", "ratio", "supported", "prefill x", "decode x",
+                                 "perplexity x" if rep.model.is_decoder else "cosine"], rows))
+        sec.notes += rep.notes
+        out.append(sec)
+    return out
+
+
+@renderer("perplexity_report")
+def perplexity_sections(items: list[Loaded], everything: list[Loaded]) -> list[Section]:
+    """One section per perplexity report: the figure with its protocol."""
+    out = []
+    for item in items:
+        rep: PerplexityReport = item.doc  # type: ignore[assignment]
+        f = rep.figures
+        sec = Section(f"Perplexity ({item.label})", [str(item.path)])
+        sec.facts += [("perplexity", f"{f.perplexity:.4g} (mean NLL {f.nll_nats:.4f} nats/token)"),
+                      ("protocol", f.protocol.describe()),
+                      ("measuring", f"{rep.threads} threads, {rep.eval_s:.1f} s; {_machine(rep.machine)}")]
         out.append(sec)
     return out
 
