@@ -51,7 +51,10 @@ def _power(c: Candidate) -> str:
 def _render_best(plan: Plan, out: Output) -> None:
     b = plan.best
     out.print(
-        f"[bold]best[/]: cut {b.cut} ({b.cut_name}), ratio {b.ratio:g}, freq scale {b.freq_scale:g}, "
+        f"[bold]best[/]: cut {b.cut} ({b.cut_name}), ratio {b.ratio:g}, "
+        + ("" if (b.device_precision, b.device_engine) == ("fp32", "torch")
+           else f"device {b.device_precision} on {b.device_engine}, ")
+        + f"freq scale {b.freq_scale:g}, "
         + ("" if b.tx_power_w is None else f"tx power {_power(b)} W, ")
         + f"uplink {fmt_rate(b.uplink_rate_bps or plan.link.uplink_rate_bps)}"
     )
@@ -112,7 +115,8 @@ def _render_cuts(plan: Plan, out: Output) -> None:
     show_energy = plan.objective != "latency" or "energy_j" in plan.budgets or plan.link.tx_power_w is not None
     t = Table(title=f"every cut at its best ({plan.objective}); * = chosen", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True, show_edge=False)
-    cols = ["cut", "device to"] + (["ratio"] if show_ratio else []) + (["freq"] if show_freq else []) + (
+    show_prec = any((c.device_precision, c.device_engine) != ("fp32", "torch") for c in plan.candidates)
+    cols = ["cut", "device to"] + (["ratio"] if show_ratio else []) + (["prec"] if show_prec else []) + (["freq"] if show_freq else []) + (
         ["tx W"] if show_power else []) + ["prefill", "token", "total ms"] + (
         ["J"] if show_energy else []) + ["MB"] + (["D_y", "ppl x"] if show_ratio else []) + ["ok"]
     for col in cols:
@@ -122,6 +126,7 @@ def _render_cuts(plan: Plan, out: Output) -> None:
         chosen = plan.best is not None and c.cut == plan.best.cut
         row = [f"{'*' if chosen else ''}{c.cut}", c.cut_name]
         row += [f"{c.ratio:g}"] if show_ratio else []
+        row += [c.device_precision + ("" if c.device_engine == "torch" else "/ort")] if show_prec else []
         row += [f"{c.freq_scale:.2g}"] if show_freq else []
         row += [_power(c)] if show_power else []
         row += [_ms(c.prefill.total_ms), _ms(c.per_token.total_ms if c.per_token else None), _ms(c.total_latency_ms)]
@@ -198,6 +203,9 @@ def plan_cmd(
         help="no server profile: derive one from the device's, every stage X times faster (labelled derived)"),
     prune: str | None = typer.Option(None, "--prune-report", metavar="FILE", rich_help_panel=MODEL,
                                      help="pruning report (coinfer prune): choose the ratio with the cut"),
+    precision: str | None = typer.Option(None, "--precision-report", metavar="FILE", rich_help_panel=MODEL,
+                                         help="precision report (coinfer quantize): choose the device's weight "
+                                              "precision (and engine) with the cut"),
     prompt_tokens: int | None = prompt_tokens_option(
         None, help="prompt length \\[default: the device profile's]"),
     decode_steps: int | None = decode_steps_option(
@@ -294,7 +302,7 @@ def plan_cmd(
         raise UserInputError("--replay-out needs --robustness and --trace")
     check_outputs([output, replay_out])
     req = request_from_cli(
-        devices=device, server=server, server_speedup=server_speedup, prune=prune, rate=rate, down_rate=down_rate,
+        devices=device, server=server, server_speedup=server_speedup, prune=prune, precision=precision, rate=rate, down_rate=down_rate,
         rtt=rtt, wire_dtype=wire_dtype.value, bandwidth=bandwidth, tx_power=tx_power, tx_power_range=tx_power_range,
         channel_gain=channel_gain, distance=distance, path_loss_exp=path_loss_exp, ref_gain=ref_gain,
         noise_density=noise_density, prompt_tokens=prompt_tokens, decode_steps=decode_steps,

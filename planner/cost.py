@@ -41,6 +41,7 @@ from coinfer.errors import SchemaError, UserInputError
 from coinfer.planner.link import Link
 from coinfer.planner.tables import stage_costs
 from coinfer.reports.plan import Candidate, EnergyBreakdown, PhaseBreakdown
+from coinfer.reports.precision import PrecisionReport
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
 from coinfer.vocab import MAX_CONTEXT_TOKENS, check_wire_dtype, cut_name, stage_names
@@ -124,17 +125,25 @@ class Objective:
 
 @dataclass
 class RatioOption:
-    """One pruning ratio as the planner uses it (ratio 0 = the unpruned model)."""
+    """One way to shrink the model as the planner uses it: a pruning ratio (ratio 0 = the unpruned
+    model) and the device's weight precision (``fp32`` on ``torch``: none)."""
 
     ratio: float
-    prefill_speedup: float
-    decode_speedup: float
+    prefill_speedup: Any  # a number, or one per stage (a precision's per-stage measurement)
+    decode_speedup: Any
     distortion: float
     param_scale: np.ndarray  # per stage: weight bytes after / before
     device_pruned: np.ndarray  # per stage: runs faster when on the device
     server_pruned: np.ndarray  # per stage: runs faster when on the server
     allowed_cuts: np.ndarray  # per cut 0..N
     ppl_ratio: float = 1.0  # perplexity over dense on the evaluation text; inf: not measured
+    precision: str = "fp32"
+    engine: str = "torch"
+
+    def __post_init__(self) -> None:
+        shape = self.param_scale.shape
+        self.prefill_speedup = np.broadcast_to(np.asarray(self.prefill_speedup, dtype=float), shape)
+        self.decode_speedup = np.broadcast_to(np.asarray(self.decode_speedup, dtype=float), shape)
 
 
 def check_compatible(a: Profile, b: Profile, what_a: str = "device", what_b: str = "server") -> None:
@@ -209,14 +218,14 @@ class CostModel:
         """N = L + 2."""
         return len(self.names)
 
-    def ratio_index(self, ratio: float) -> int:
-        """Index of a pruning ratio among the options (0.0 is always there).
+    def ratio_index(self, ratio: float, precision: str = "fp32", engine: str = "torch") -> int:
+        """Index of a pruning ratio (at a device precision) among the options (0.0 in fp32 is always there).
 
         Raises:
             UserInputError: The ratio is not in the pruning report.
         """
         for i, r in enumerate(self.ratios):
-            if abs(r.ratio - ratio) < 1e-9:
+            if abs(r.ratio - ratio) < 1e-9 and (r.precision, r.engine) == (precision, engine):
                 return i
         have = ", ".join(f"{r.ratio:g}" for r in self.ratios)
         raise UserInputError(f"ratio {ratio:g} is not in the pruning report (have {have})")
@@ -265,8 +274,8 @@ class CostModel:
         mem = 0.0
         for i in range(n_st):
             if i < cut:
-                sp = opt.prefill_speedup if opt.device_pruned[i] else 1.0
-                sd = opt.decode_speedup if opt.device_pruned[i] else 1.0
+                sp = opt.prefill_speedup[i] if opt.device_pruned[i] else 1.0
+                sd = opt.decode_speedup[i] if opt.device_pruned[i] else 1.0
                 dev_p += self.dev_prefill_ms[i] / sp
                 dev_t += self.dev_token_ms[i] / sd
                 dev_pj += self.dev_prefill_j[i] / sp
@@ -274,8 +283,8 @@ class CostModel:
                 ctx = self.workload.prompt_tokens + m
                 mem += self.param_bytes[i] * opt.param_scale[i] + self.kv_bytes_per_token[i] * ctx
             else:
-                sp = opt.prefill_speedup if opt.server_pruned[i] else 1.0
-                sd = opt.decode_speedup if opt.server_pruned[i] else 1.0
+                sp = opt.prefill_speedup[i] if opt.server_pruned[i] else 1.0
+                sd = opt.decode_speedup[i] if opt.server_pruned[i] else 1.0
                 srv_p += self.srv_prefill_ms[i] / sp
                 srv_t += self.srv_token_ms[i] / sd
         crosses = cut < n_st
@@ -300,7 +309,7 @@ class CostModel:
         energy = EnergyBreakdown(compute_j=e_cmp, transmit_j=e_tx, total_j=e_cmp + e_tx)
         violations = self._violations(budgets, total, e_cmp + e_tx, mem, opt.distortion, opt.ppl_ratio)
         if not opt.allowed_cuts[cut]:
-            violations.insert(0, f"ratio {opt.ratio:g} was measured only at another cut")
+            violations.insert(0, f"ratio {opt.ratio:g} ({opt.precision}) was measured only at another cut")
         return Candidate(
             cut=cut, cut_name=cut_name(cut, self.num_blocks), ratio=opt.ratio, freq_scale=a,
             tx_power_w=tx_power_w if link.tx_powers_w else None, uplink_rate_bps=rate_up,
@@ -308,6 +317,7 @@ class CostModel:
             prefill=prefill, per_token=per_token, total_latency_ms=total, energy=energy,
             device_memory_bytes=int(round(mem)), distortion=opt.distortion,
             ppl_ratio=opt.ppl_ratio if math.isfinite(opt.ppl_ratio) else None,
+            device_precision=opt.precision, device_engine=opt.engine,
             objective=float(objective.value(total, e_cmp + e_tx)),
             feasible=not violations, violations=violations,
         )
@@ -335,6 +345,54 @@ def _ppl_ratio(prune: PruneReport, res: Any) -> float:
     if prune.dense_quality is None or res.quality is None:
         return math.inf
     return res.quality.perplexity / prune.dense_quality.perplexity
+
+
+def _precision_options(rep: PrecisionReport | None, num_blocks: int, notes: list[str]) -> list[RatioOption]:
+    """The device weight precisions (x pruning ratios) a precision report measured, as options.
+
+    Each stage the report timed runs on the device at its measured per-stage speed-up and weight
+    bytes; the server keeps fp32. A device-scope report applies only at its cut (split + 1).
+    """
+    if rep is None:
+        return []
+    n_st = num_blocks + 2
+    index = {name: i for i, name in enumerate(stage_names(num_blocks))}
+    ref = next((r for r in rep.results if (r.precision, r.engine, r.pruning_ratio) == ("fp32", "torch", 0.0)), None)
+    ref_bytes = {s.stage: s.weight_bytes for s in ref.stages} if ref is not None else {}
+    out = []
+    for r in rep.results:
+        what = f"precision {r.precision} on {r.engine} at ratio {r.pruning_ratio:g}"
+        if (r.precision, r.engine, r.pruning_ratio) == ("fp32", "torch", 0.0):
+            continue  # the unpruned fp32 model: the base option
+        if not r.supported or r.prefill_speedup is None:
+            notes.append(f"{what}: {r.unsupported_reason or 'not timed'}; left out")
+            continue
+        unknown = [s for s in rep.timed_stages if s not in index]
+        if unknown:
+            raise SchemaError(f"precision report: unknown stage {unknown[0]!r} for a {num_blocks}-block model")
+        mask = np.zeros(n_st, bool)
+        sp, sd, scale = np.ones(n_st), np.ones(n_st), np.ones(n_st)
+        for name in rep.timed_stages:
+            mask[index[name]] = True
+        per_stage = {s.stage: s for s in r.stages}
+        for name in rep.timed_stages:  # per stage where measured, else the shard's whole figure (ONNX Runtime)
+            i, s = index[name], per_stage.get(name)
+            sp[i] = s.prefill_speedup if s is not None and s.prefill_speedup else r.prefill_speedup
+            sd[i] = s.decode_speedup if s is not None and s.decode_speedup else (r.decode_speedup or 1.0)
+            if s is not None and s.weight_bytes and ref_bytes.get(name):
+                scale[i] = s.weight_bytes / ref_bytes[name]
+        allowed = np.ones(n_st + 1, bool)
+        if rep.scope == "device":
+            allowed = np.zeros(n_st + 1, bool)
+            allowed[(rep.split or 0) + 1] = True
+        q = r.quality
+        ppl = q.perplexity_ratio if q is not None and q.perplexity_ratio is not None else math.inf
+        out.append(RatioOption(r.pruning_ratio, sp, sd, q.output_rel_mse if q is not None else 0.0, scale, mask,
+                               np.zeros(n_st, bool), allowed, ppl_ratio=ppl, precision=r.precision, engine=r.engine))
+    if out:
+        notes.append("weight precision: the device runs each timed stage at its measured speed-up (interleaved with "
+                     "fp32 on the machine of the precision report) and weight bytes; the server keeps fp32")
+    return out
 
 
 def _ratio_options(prune: PruneReport | None, num_blocks: int, notes: list[str]) -> list[RatioOption]:
@@ -405,6 +463,7 @@ def build_cost_model(
     wire_dtype: str = "fp32",
     prune: PruneReport | None = None,
     roles: tuple[str, str] = ("device", "server"),
+    precision: PrecisionReport | None = None,
 ) -> CostModel:
     """Turn profiles (and a pruning report) into the planner's cost tables for one workload.
 
@@ -415,9 +474,10 @@ def build_cost_model(
         UserInputError: Generated tokens asked of a model without decode timings.
     """
     check_compatible(device, server)
-    if prune is not None and not prune.model.same_architecture(device.model):
-        raise SchemaError(f"the pruning report is of another model ({prune.model.name}) than the profiles "
-                          f"({device.model.name})")
+    for rep, what in ((prune, "pruning report"), (precision, "precision report")):
+        if rep is not None and not rep.model.same_architecture(device.model):
+            raise SchemaError(f"the {what} is of another model ({rep.model.name}) than the profiles "
+                              f"({device.model.name})")
     check_wire_dtype(wire_dtype)
     ident = device.model
     L = ident.num_blocks
@@ -471,7 +531,7 @@ def build_cost_model(
         param_bytes=np.array([s.param_bytes for s in device.stages], dtype=float),
         kv_bytes_per_token=np.array([s.kv_cache_bytes_per_token for s in device.stages], dtype=float),
         up_prefill_bytes=up_p, up_token_bytes=up_t, down_prefill_bytes=down_p, down_token_bytes=down_t,
-        ratios=_ratio_options(prune, L, notes), energy_known=dev.energy_known, notes=notes,
+        ratios=_ratio_options(prune, L, notes) + _precision_options(precision, L, notes), energy_known=dev.energy_known, notes=notes,
     )
 
 

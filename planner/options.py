@@ -58,6 +58,7 @@ def request_from_cli(
     server: str | None = None,
     server_speedup: float | None = None,
     prune: str | None = None,
+    precision: str | None = None,
     rate: str | None = None,
     down_rate: str | None = None,
     rtt: str = "0ms",
@@ -169,7 +170,7 @@ def request_from_cli(
     elif member_memory:
         raise UserInputError("--member-memory is for chains; a single device takes --max-memory")
     return PlanRequest(
-        devices=members, link=link, server=server, server_speedup=server_speedup, prune=prune,
+        devices=members, link=link, server=server, server_speedup=server_speedup, prune=prune, precision=precision,
         prompt_tokens=prompt_tokens, decode_steps=decode_steps, objective=objective,
         energy_weight_ms_per_j=energy_weight, budgets=budgets, freq_range=freq, sweep=sweep, chain=chain,
         wire_dtype=wire_dtype,

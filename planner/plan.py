@@ -23,6 +23,7 @@ from coinfer.planner.link import Link
 from coinfer.planner.search import rate_table, search, sweep_rates
 from coinfer.reports.io import file_sha256, load_document
 from coinfer.reports.plan import InputFile, Plan
+from coinfer.reports.precision import PrecisionReport
 from coinfer.reports.profile import Profile
 from coinfer.reports.prune import PruneReport
 from coinfer.vocab import DEFAULT_DECODE_STEPS  # noqa: E402  (re-exported)
@@ -64,6 +65,8 @@ class PlanRequest:
         server: Path of the server profile, or None with ``server_speedup``.
         server_speedup: Derive the server from the (first) device profile, X times faster.
         prune: Path of a pruning report, or None.
+        precision: Path of a precision report (``coinfer quantize``), or None: the device's weight
+            precision is then chosen with the cut.
         link: The device-server link (for a chain: the last device to the server).
         prompt_tokens: Prompt length; None = the device profile's seq_len.
         decode_steps: Decoding steps after the prefill (the prefill yields the first token, so m steps
@@ -84,6 +87,7 @@ class PlanRequest:
     server: str | None = None
     server_speedup: float | None = None
     prune: str | None = None
+    precision: str | None = None
     prompt_tokens: int | None = None
     decode_steps: int | None = None
     objective: str = "latency"
@@ -130,6 +134,7 @@ class Prepared:
     server: Profile | None
     prune: PruneReport | None
     inputs: list[InputFile]
+    precision: PrecisionReport | None
     notes: list[str]
     workload: Workload
 
@@ -199,13 +204,17 @@ def prepare(req: PlanRequest) -> Prepared:
         steps = DEFAULT_DECODE_STEPS if device.model.is_decoder else 0
     wl = Workload(req.prompt_tokens or device.context.seq_len, steps)
     wl.check_positions(device.model.max_positions, device.model.name)
-    return Prepared(objective, freqs, profiles, device, server, prune, inputs, notes, wl)
+    precision = None
+    if req.precision is not None:
+        precision = load_document(req.precision, PrecisionReport)
+        inputs.append(input_file("precision", req.precision))
+    return Prepared(objective, freqs, profiles, device, server, prune, inputs, precision, notes, wl)
 
 
 def _single_plan(req: PlanRequest, p: Prepared) -> Plan:
     objective, freqs, device, server, prune, inputs, notes, wl = (
         p.objective, p.freqs, p.device, p.server, p.prune, p.inputs, p.notes, p.workload)
-    model = build_cost_model(device, server, wl, req.link.wire_dtype, prune)
+    model = build_cost_model(device, server, wl, req.link.wire_dtype, prune, precision=p.precision)
     notes += model.notes
     if not req.link.tx_powers_w:
         notes.append("no transmit power given: transmit energy not counted")
@@ -247,9 +256,9 @@ def _chain_plan(req, profiles, server, wl, objective, inputs, notes) -> Plan:
         members.append(("server", server))
     if objective.kind not in ("latency",) and spec.objective == "latency":
         raise UserInputError(f"--objective {objective.kind}: a chain optimises latency or throughput only")
-    if req.prune is not None or len(freq_grid(*req.freq_range)) > 1:
-        raise UserInputError("a chain plan does not search pruning ratios or frequencies (drop "
-                             "--prune-report/--freq-range)")
+    if req.prune is not None or req.precision is not None or len(freq_grid(*req.freq_range)) > 1:
+        raise UserInputError("a chain plan does not search pruning ratios, precisions or frequencies (drop "
+                             "--prune-report/--precision-report/--freq-range)")
     if req.budgets.as_dict():
         raise UserInputError("a chain plan takes per-member memory caps (--member-memory), not budgets")
     names = [n for n, _ in members]

@@ -142,7 +142,7 @@ class _States:
 
 
 def _refuse_unsupported(req: PlanRequest) -> None:
-    bad = [o for o, v in (("--prune-report", req.prune), ("--sweep-rate", req.sweep), ("chains of --device-profile", req.chain),
+    bad = [o for o, v in (("--prune-report", req.prune), ("--precision-report", req.precision), ("--sweep-rate", req.sweep), ("chains of --device-profile", req.chain),
                           ("--freq-range with several steps", req.freq_range[2] > 1),
                           ("--tx-power-range", req.link is not None and len(req.link.tx_powers_w) > 1)) if v]
     if bad:

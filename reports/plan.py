@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from coinfer.reports.common import Document, ModelIdentity, Schema
-from coinfer.vocab import WireDtype
+from coinfer.vocab import Engine, WeightPrecision, WireDtype
 
 
 class InputFile(Schema):
@@ -92,6 +92,8 @@ class Candidate(Schema):
     # Added without a version bump (optional; files written before still load): set by plans
     # made with a robustness profile, which choose the wire precision with the cut.
     wire_dtype: WireDtype | None = Field(default=None, description="the activation's wire precision; None: the link's")
+    device_precision: WeightPrecision = Field(default="fp32", description="weight precision of the device's stages")
+    device_engine: Engine = Field(default="torch", description="what runs the device's stages")
     quality: float | None = Field(
         default=None, description="the robustness profile's figure (policy.metric) at the plan's channel state(s)")
     objective: float
