@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wire-dtype", default="fp32")
     p.add_argument("--cuts", default="", help="per model, e.g. gpt2=7,minilm=4 (stages on the device)")
     p.add_argument("--target-pct", type=float, default=15.0)
+    p.add_argument("--link", default="loopback", choices=("loopback", "veth"),
+                   help="veth: device and server in two namespaces joined by a veth pair, each shaping its egress")
     p.add_argument("--interleave", action="store_true",
                    help="re-profile before every rate (a busy machine drifts 10-30%% between rounds)")
     p.add_argument("--out", default="benchmarks/results/run_bench.json")
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile()
                 res = run_command(RunOptions(
                     model=model, cut=cuts[model], device_profile=str(prof_path), emulate_rate=f"{rate}Mbps",
-                    emulate_rtt=f"{args.rtt_ms}ms", prompt_tokens=args.prompt_tokens,
+                    emulate_rtt=f"{args.rtt_ms}ms", emulate_link=args.link, prompt_tokens=args.prompt_tokens,
                     new_tokens=args.new_tokens if is_decoder else 0, repeats=args.repeats, warmup=1,
                     threads=threads, wire_dtype=args.wire_dtype, check=False, out=str(Path(tmp) / "r.json")))
                 e2e = res.total.end_to_end

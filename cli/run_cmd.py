@@ -63,6 +63,13 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{x:+.1f}%" if pct else f"{x:,.2f}"
 
 
+class EmulatedLink(StrEnum):
+    """Where --emulate-rate shapes: one namespace's loopback, or a veth between two namespaces."""
+
+    loopback = "loopback"
+    veth = "veth"
+
+
 class Role(StrEnum):
     """Which side(s) of the split this process runs."""
 
@@ -103,6 +110,10 @@ def run_cmd(
     emulate_rate: str | None = typer.Option(None, "--emulate-rate", metavar="RATE", rich_help_panel=LINK,
                                             help="shape a private namespace's loopback to this rate, e.g. 20Mbps "
                                                  "(root; both roles here)"),
+    emulate_link: EmulatedLink = typer.Option(
+        EmulatedLink.loopback, "--emulate-link", rich_help_panel=LINK,
+        help="with --emulate-rate: loopback (both roles in one namespace) or veth (device and server in two "
+             "namespaces joined by a veth pair, each shaping its egress: a real TCP path)"),
     emulate_rtt: str | None = typer.Option(None, "--emulate-rtt", metavar="DURATION", rich_help_panel=LINK,
                                            help="add this round-trip time at the transport boundary, e.g. 10ms"),
     role: Role = typer.Option(Role.local, "--role", rich_help_panel=ROLES,
@@ -178,7 +189,7 @@ def run_cmd(
         wire_dtype=None if wire_dtype is None else wire_dtype.value,
         prompt_tokens=prompt_tokens if prompt_tokens is not None or not no_plan else DEFAULT_PROMPT_TOKENS,
         new_tokens=decode_steps if decode_steps is not None or not no_plan else DEFAULT_DECODE_STEPS,
-        batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt,
+        batch=batch, ragged=ragged, emulate_rate=emulate_rate, emulate_rtt=emulate_rtt, emulate_link=emulate_link.value,
         threads=threads or physical_cores(), warmup=warmup, repeats=repeats, timeout_s=timeout_s,
         out=None if role == Role.server else output, check=check, device_profile=device_profile,
         server_profile=server_profile, prune_report=prune_report, ratio=ratio,

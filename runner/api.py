@@ -8,8 +8,11 @@ measured phase next to the plan's prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from coinfer.errors import UserInputError
@@ -52,6 +55,7 @@ class RunOptions:
     ragged: bool = False
     emulate_rate: str | None = None
     emulate_rtt: str | None = None
+    emulate_link: str = "loopback"  # or "veth": device and server in two namespaces joined by a veth pair
     threads: int | None = None
     warmup: int = 1
     repeats: int = 1
@@ -617,8 +621,11 @@ def _profile_prediction(s: _Setup) -> tuple[Prediction | None, list[str]]:
         return None, ["no prediction: profile-based prediction covers device + server, not chains"]
     if s.rate_bps is None:
         return None, ["no prediction: the link is unshaped loopback; give --emulate-rate to predict from profiles"]
+    from coinfer.runner.linkemu import PAYLOAD_SHARE
+
+    # tc shapes frames: the payload gets PAYLOAD_SHARE of the shaped rate (TCP/IP and Ethernet headers).
     prediction, notes, prof = predict.from_profiles(
-        opts.device_profile, opts.server_profile, s.cut, rate_bps=s.rate_bps, rtt_ms=s.rtt_ms,
+        opts.device_profile, opts.server_profile, s.cut, rate_bps=s.rate_bps * PAYLOAD_SHARE, rtt_ms=s.rtt_ms,
         wire_dtype=s.wire_dtype, prompt_tokens=s.prompt_tokens, new_tokens=s.new_tokens)
     if not prof.model.same_architecture(s.loaded.identity):
         raise UserInputError(f"--device-profile {opts.device_profile} is for {prof.model.name}, not {s.spec}")
@@ -626,6 +633,8 @@ def _profile_prediction(s: _Setup) -> tuple[Prediction | None, list[str]]:
         notes.append(f"the profile measured batch {prof.context.batch}, the run uses {opts.batch}")
     if prof.context.threads != s.threads:
         notes.append(f"the profile measured with {prof.context.threads} threads, the run uses {s.threads}")
+    notes.append(f"the emulated link shapes Ethernet frames: payload at {PAYLOAD_SHARE:.4f} of the rate (1448 TCP "
+                 "payload bytes per 1514-byte frame at MTU 1500)")
     return prediction, notes
 
 
@@ -721,6 +730,19 @@ def _text(loaded: Any, ids: list[int]) -> str | None:
     return None if loaded.tokenizer is None else str(loaded.tokenizer.decode(ids))
 
 
+@contextmanager
+def _session_token() -> Iterator[str]:
+    """A fresh shared secret in a private temporary file, for two local processes that talk over a veth."""
+    import secrets
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="coinfer-token-") as tmp:
+        path = Path(tmp) / "token"
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        yield str(path)
+
+
 def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any], n_members: int,
                rate_bps: float | None, link: LinkEmulation,
                on_event: EventSink) -> tuple[DeviceOutcome, list[str | None], Contention]:
@@ -729,20 +751,29 @@ def _run_local(spec: str, opts: RunOptions, loaded: Any, request: dict[str, Any]
     from contextlib import ExitStack
 
     from coinfer.runner import local
-    from coinfer.runner.linkemu import shaped_namespace
+    from coinfer.runner.linkemu import shaped_namespace, veth_namespaces
 
     with ExitStack() as stack:
         prefix: list[str] = []
-        if rate_bps is not None:
+        server_prefix: list[str] = []
+        host = "127.0.0.1"
+        if rate_bps is not None and opts.emulate_link == "veth":
+            pair = stack.enter_context(veth_namespaces(rate_bps))
+            prefix, server_prefix, host = pair.device.prefix(), pair.server.prefix(), pair.server_ip
+            link.qdisc, link.namespace = pair.qdisc, f"{pair.device.name} <-veth-> {pair.server.name}"
+            on_event({"event": "namespace", "name": link.namespace, "qdisc": link.qdisc})
+            if request.get("token_file") is None and not os.environ.get("COINFER_TOKEN"):
+                request["token_file"] = stack.enter_context(_session_token())  # beyond loopback: a secret
+        elif rate_bps is not None:
             ns = stack.enter_context(shaped_namespace(rate_bps))
-            prefix = ns.prefix()
+            prefix = server_prefix = ns.prefix()
             link.qdisc, link.namespace = ns.qdisc, ns.name
             on_event({"event": "namespace", "name": ns.name, "qdisc": ns.qdisc})
         children = []
         if n_members:
             shard = request["shards"]["server"] if request.get("shards") else None
             children = stack.enter_context(local.servers(spec, opts.seed, request["threads"], n_members, opts.timeout_s,
-                                                         prefix, shard, request.get("token_file")))
+                                                         server_prefix, shard, request.get("token_file"), host=host))
         members = [[c.host, c.port] for c in children]
         for c in children:
             on_event({"event": "server_ready", "address": f"{c.host}:{c.port}"})

@@ -48,8 +48,8 @@ def _env() -> dict[str, str]:
 
 def start_server(model: str, seed: int, threads: int, timeout_s: float, prefix: list[str] | None = None,
                  shard: list[str] | None = None, token_file: str | None = None,
-                 extra_args: list[str] | None = None) -> ChildServer:
-    """Start ``coinfer.runner.worker serve`` on 127.0.0.1 (port chosen by the OS) and wait until it listens.
+                 extra_args: list[str] | None = None, host: str = "127.0.0.1") -> ChildServer:
+    """Start ``coinfer.runner.worker serve`` on ``host`` (port chosen by the OS) and wait until it listens.
 
     ``shard`` is (path, sha256) of an exported shard config the server runs instead of the model's stages;
     ``token_file`` the shared secret it requires (else ``$COINFER_TOKEN``, inherited).
@@ -57,10 +57,10 @@ def start_server(model: str, seed: int, threads: int, timeout_s: float, prefix: 
     extra = ["--shard", shard[0], "--shard-sha256", shard[1]] if shard else []
     extra += ["--token-file", token_file] if token_file else []
     extra += extra_args or []
-    cmd = [*(prefix or []), *_worker_cmd("serve", "--listen", "127.0.0.1:0", "--model", model, "--seed", str(seed),
+    cmd = [*(prefix or []), *_worker_cmd("serve", "--listen", f"{host}:0", "--model", model, "--seed", str(seed),
                                          "--threads", str(threads), "--timeout-s", str(timeout_s), *extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    child = ChildServer(proc)
+    child = ChildServer(proc, host)
     ready = threading.Event()
 
     def pump() -> None:
@@ -102,12 +102,12 @@ def stop_server(child: ChildServer) -> None:
 @contextmanager
 def servers(model: str, seed: int, threads: int, count: int, timeout_s: float,
             prefix: list[str] | None = None, shard: list[str] | None = None,
-            token_file: str | None = None) -> Iterator[list[ChildServer]]:
-    """``count`` child servers, stopped on exit whatever happens."""
+            token_file: str | None = None, host: str = "127.0.0.1") -> Iterator[list[ChildServer]]:
+    """``count`` child servers (listening on ``host``), stopped on exit whatever happens."""
     with ExitStack() as stack:
         out: list[ChildServer] = []
         for _ in range(count):
-            child = start_server(model, seed, threads, timeout_s, prefix, shard, token_file)
+            child = start_server(model, seed, threads, timeout_s, prefix, shard, token_file, host=host)
             stack.callback(stop_server, child)
             out.append(child)
         yield out
