@@ -191,6 +191,6 @@ def start_emissions(country_iso_code: str = "USA") -> EmissionsRun | None:
             tracking_mode="process",
         )
         tracker.start()
-    except Exception:
+    except Exception:  # noqa: BLE001 - codecarbon failing to start must not stop the profile (no summary then)
         return None
     return EmissionsRun(tracker)

@@ -329,7 +329,7 @@ def _export_folder(final: Path | None, force: bool) -> Iterator[Path | None]:
     try:
         yield tmp
         _finalise(tmp, final, force)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any interruption: remove the half-written export, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
