@@ -84,7 +84,7 @@ def one_trace(args, dev_path: str, rob_path: str, trace_path: str) -> tuple[dict
     def plan(rl_timesteps: int):
         spec = RobustSpec(rob_path, max_ppl_ratio=args.max_ppl_ratio, trace=trace_path, rl_timesteps=rl_timesteps)
         req = PlanRequest(devices=[("device", dev_path)], server_speedup=args.server_speedup,
-                          link=Link(rate_bps=10e6, rtt_ms=10.0, wire_dtype="fp16", tx_powers_w=(0.2,)),
+                          link=Link(rate_bps=10e6, rtt_ms=10.0, wire_dtype=args.wire_dtype, tx_powers_w=(0.2,)),
                           prompt_tokens=128, decode_steps=16, robust=spec)
         return robust_plan(req)
 
@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--robustness", default=None, help="a real robustness profile (default: SYNTHETIC)")
     ap.add_argument("--server-speedup", type=float, default=20.0)
     ap.add_argument("--max-ppl-ratio", type=float, default=1.1)
+    ap.add_argument("--wire-dtype", default="fp16", help="the base wire (the paper's baselines and 'policy <wire> only' "
+                                                         "use its points; a real profile impairs the wire it was asked to)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per trace")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rl-timesteps", type=int, default=20000, help="0: no RL baseline")
