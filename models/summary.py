@@ -34,6 +34,23 @@ def stage_param_bytes(loaded: LoadedModel) -> dict[str, int]:
     return out
 
 
+def shared_param_bytes(loaded: LoadedModel) -> int:
+    """Bytes of weights tied across stages (e.g. the embedding and the LM head), counted in each
+    stage that uses them beyond the first: what to subtract when those stages share a machine."""
+    ad = loaded.adapter
+    seen: dict[int, str] = {}
+    extra = 0
+    for name, t in ad.model.state_dict(keep_vars=True).items():
+        stage = ad.stage_of(name)
+        if stage is None or not t.is_floating_point():
+            continue
+        ptr = t.data_ptr()
+        if ptr in seen and seen[ptr] != stage:
+            extra += t.numel() * t.element_size()
+        seen.setdefault(ptr, stage)
+    return extra
+
+
 def summarize(loaded: LoadedModel, batch: int = 1, seq_len: int = 128, wire_dtype: str = "fp32") -> list[StageSummary]:
     """Describe every stage; the cut after ``head`` sends nothing (all on device)."""
     ad = loaded.adapter

@@ -212,6 +212,12 @@ class CostModel:
     ratios: list[RatioOption]
     energy_known: bool
     notes: list[str] = field(default_factory=list)
+    shared_param_bytes: float = 0.0  # tied embedding/head weights counted in both stages: one copy on one machine
+
+    def shared_bytes(self, opt: RatioOption) -> float:
+        """What to subtract from the device's memory when every stage runs there at option ``opt``
+        (the tied copy, unless the option changed the embedding's or the head's weights)."""
+        return self.shared_param_bytes if opt.param_scale[0] == 1 and opt.param_scale[-1] == 1 else 0.0
 
     @property
     def num_stages(self) -> int:
@@ -287,6 +293,8 @@ class CostModel:
                 sd = opt.decode_speedup[i] if opt.server_pruned[i] else 1.0
                 srv_p += self.srv_prefill_ms[i] / sp
                 srv_t += self.srv_token_ms[i] / sd
+        if cut == n_st:
+            mem -= self.shared_bytes(opt)
         crosses = cut < n_st
         split = 1 <= cut < n_st
         half_rtt = link.rtt_ms / 2
@@ -529,6 +537,7 @@ def build_cost_model(
         is_decoder=is_decoder, dev_prefill_ms=dev.prefill_ms, dev_token_ms=dev.token_ms, dev_prefill_j=dev.prefill_j,
         dev_token_j=dev.token_j, srv_prefill_ms=srv.prefill_ms, srv_token_ms=srv.token_ms,
         param_bytes=np.array([s.param_bytes for s in device.stages], dtype=float),
+        shared_param_bytes=float(device.shared_param_bytes),
         kv_bytes_per_token=np.array([s.kv_cache_bytes_per_token for s in device.stages], dtype=float),
         up_prefill_bytes=up_p, up_token_bytes=up_t, down_prefill_bytes=down_p, down_token_bytes=down_t,
         ratios=_ratio_options(prune, L, notes) + _precision_options(precision, L, notes), energy_known=dev.energy_known, notes=notes,

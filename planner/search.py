@@ -46,6 +46,7 @@ def cumulative(model: CostModel) -> Cumulative:
     srv_ms = onward(model.srv_prefill_ms * ssp) + m * onward(model.srv_token_ms * ssd)
     scale = np.array([o.param_scale for o in ops])
     mem = upto(model.param_bytes * scale + model.kv_bytes_per_token * ctx)
+    mem[:, -1] -= [model.shared_bytes(o) for o in ops]  # all on the device: tied weights once
     allowed = np.array([o.allowed_cuts for o in ops])
     return Cumulative(dev_ms, dev_j, srv_ms, mem, allowed, np.array([o.distortion for o in ops]),
                       np.array([o.ppl_ratio for o in ops]))

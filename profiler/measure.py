@@ -392,7 +392,10 @@ def _measure(
     dflops = {c: stage_flops(ad, B, 1, c, opts.logits_to_keep) for c in contexts}
     stages = _stage_profiles(s, samples, energy, stage_peak, gemm_peak, bandwidth, pflops, dflops)
     whole = _whole_model(s, samples, stages, dflops, bandwidth)
-    _closing_notes(s, notes, stages, whole, bool(stage_peak))
+    from coinfer.models.summary import shared_param_bytes
+
+    shared = shared_param_bytes(loaded)
+    _closing_notes(s, notes, stages, whole, bool(stage_peak), shared)
     _contention_notes(notes, contention)
     return Profile(
         model=loaded.identity,
@@ -407,6 +410,7 @@ def _measure(
         notes=notes,
         peak_memory_bytes=peak_mem,
         peak_memory_source=peak_src,
+        shared_param_bytes=shared,
     )
 
 
@@ -627,7 +631,8 @@ def _whole_model(
     )
 
 
-def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whole: WholeModel, stage_peaks_measured: bool) -> None:
+def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whole: WholeModel, stage_peaks_measured: bool,
+                   shared: int = 0) -> None:
     """The caveats a reader of the profile needs: weights, head, decode cache, memory, FLOPs, noise, coverage."""
     ad, k, device = s.ad, s.opts.logits_to_keep, s.opts.device
     if s.loaded.identity.weights == "random":
@@ -646,8 +651,10 @@ def _closing_notes(s: _Setup, notes: list[str], stages: list[StageProfile], whol
         how = "the CUDA allocator" if device == "cuda" else "torch.profiler's CPU allocation trace"
         notes.append(f"stage peak_memory_bytes: prefill transient peak above the stage's start, from {how}")
     notes.append("FLOPs: matrix products only; attention over the full new x all-keys rectangle")
-    if ad.family == "gpt2":
-        notes.append("GPT-2's tied embedding/LM-head weights are counted in both embed and head param_bytes")
+    if shared:
+        notes.append(f"tied embedding/LM-head weights ({shared / 1e6:.1f} MB) are counted in both embed and head "
+                     "param_bytes (each side needs them when split); shared_param_bytes records one copy to subtract "
+                     "when both run on one machine")
     if device == "cpu" and s.opts.dtype == "fp16":
         notes.append("fp16 on CPU: runs, but most CPUs have no fp16 matrix units; bf16 or fp32 is usually faster")
     noisy_names = [st.name for st in stages if st.noisy]

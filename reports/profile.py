@@ -160,6 +160,9 @@ class Profile(Document):
     emissions: EmissionsSummary | None = None
     derived_from: str | None = Field(default=None, description="set when derived, not measured")
     notes: list[str] = Field(default_factory=list, description="unsupported ops, noisy stages, caveats")
+    shared_param_bytes: int = Field(
+        default=0, ge=0, description="weights tied across stages (embedding = LM head), counted in the param_bytes "
+                                     "of each stage using them: one copy when those stages share a machine")
     peak_memory_bytes: int | None = Field(default=None, ge=0, description="peak memory of the whole run")
     peak_memory_source: Literal["ru_maxrss", "cuda_max_allocated"] | None = Field(
         default=None, description="ru_maxrss: the process's resident peak; cuda_max_allocated: torch's allocator"
