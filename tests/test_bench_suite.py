@@ -50,3 +50,18 @@ def test_a_failing_entry_is_reported_and_the_suite_says_so(tmp_path, monkeypatch
                          needs="bench_nothing.py")
     suite.run_entry(absent, tmp_path)
     assert absent.result == {"status": "not run: script absent"}
+
+
+def test_the_readers_read_the_committed_results():
+    """Each full entry's reader against the result file its script last wrote (golden files)."""
+    suite = _suite()
+    res = ROOT / "benchmarks" / "results"
+    cases = {"_bench_plan": "plan_bench.json", "_bench_profile": "profile_cpu.json", "_bench_run": "run_bench_veth.json",
+             "_quality": "quality_smollm2.json", "_channel": "channel_bench.json", "_device": "device_bench.json"}
+    got = {fn: getattr(suite, fn)(json.loads((res / f).read_text())) for fn, f in cases.items()}
+    assert got["_bench_run"] == ("end to end: 5.0 Mbit/s +1.5%, 50.0 Mbit/s +7.1%, 500.0 Mbit/s +4.7%", True)
+    assert got["_quality"] == ("best at 0.2: fluctuation/sensitivity/lstsq 1.210x dense", True)
+    assert got["_bench_plan"][1] is False  # one chain case misses its 100x target, and the page says so
+    assert "smollm2 int8/torch (1 thr): decode 2.03x, perplexity 1.004x" in got["_device"][0]
+    assert got["_channel"][0].startswith("SmolLM2 erasure: does NOT hold")
+    assert "14/14 stage medians" in got["_bench_profile"][0]
