@@ -136,6 +136,7 @@ def run_device_session(
         raise UserInputError(f"a chain of {len(bounds) - 1} parts needs {len(bounds) - 2} server address(es), got {len(members)}")
     sid = uuid.uuid4().hex
     base = dict(session_id=sid, config_sha256=ident.config_sha256, weights=ident.weights, weights_seed=ident.weights_seed,
+                weights_source=ident.weights_source,
                 bounds=bounds, wire_dtype=wire_dtype, batch=steps.batch, prompt_tokens=steps.prompt_tokens,
                 new_tokens=new_tokens, has_mask=steps.has_mask, runs=runs, rtt_ms=rtt_ms, timeout_s=timeout_s,
                 shard_sha256=server_shard_sha256, channel=ChannelImpairment(**channel) if channel else None)

@@ -27,7 +27,8 @@ from coinfer.reports.robustness import ChannelCondition
 from coinfer.vocab import WireDtype
 
 # 2: hello/challenge handshake (optional shared-secret authentication), retry hint on busy.
-PROTOCOL_VERSION = 2
+# 3: OpenSession carries weights_source: members whose real weights came from different files refuse.
+PROTOCOL_VERSION = 3
 MAX_FRAME_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 8  # our messages nest 4 deep at most (MemberReport: object, list, list, number)
 MAX_NUMBER_CHARS = 40  # a float64 never needs more than ~25 characters
@@ -55,7 +56,7 @@ class Hello(_Msg):
     """A device's first frame: the protocol it speaks and its half of the challenge."""
 
     op: Literal["hello"] = "hello"
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     client_nonce: str = Field(pattern=_HEX64)
 
 
@@ -64,7 +65,7 @@ class Challenge(_Msg):
     the shared secret. Nothing about the server or its model is said before that proof."""
 
     op: Literal["challenge"] = "challenge"
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     server_nonce: str = Field(pattern=_HEX64)
     auth: Literal["none", "hmac-sha256"]
 
@@ -96,11 +97,13 @@ class OpenSession(_Msg):
     """A device's request to take part in one session (one gloo group of ``world_size``)."""
 
     op: Literal["open"] = "open"
-    protocol: Literal[2] = PROTOCOL_VERSION
+    protocol: Literal[3] = PROTOCOL_VERSION
     session_id: str = Field(pattern=r"^[0-9a-f]{8,64}$")
     config_sha256: str = Field(pattern=_HEX64)
     weights: Literal["real", "random"]
     weights_seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    weights_source: str | None = Field(default=None, max_length=1000,
+                                       description="the file the weights came from (ModelIdentity.weights_source)")
     bounds: list[int] = Field(min_length=3, max_length=17, description="stage positions where ranks change hands")
     rank: int = Field(ge=1, le=15)
     wire_dtype: WireDtype

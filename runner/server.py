@@ -244,6 +244,10 @@ class Server:
         ident = self.loaded.identity
         if (req.config_sha256, req.weights, req.weights_seed) != (ident.config_sha256, ident.weights, ident.weights_seed):
             raise ProtocolError(f"model mismatch: this server runs {ident.name} ({ident.config_sha256[:12]}, {ident.weights} weights)")
+        if req.weights_source != ident.weights_source:
+            raise ProtocolError(f"weights mismatch: this server's {ident.name} weights come from "
+                                f"{ident.weights_source or 'an unrecorded source'}, the device's from "
+                                f"{req.weights_source or 'an unrecorded source'}")
         b, total = req.bounds, ident.num_blocks + 2
         if b[0] != 0 or b[-1] != total or any(x >= y for x, y in zip(b[1:], b[2:], strict=False)) or b[1] < 0:
             raise ProtocolError(f"bounds {b}: expected 0 <= c1 < c2 < ... < {total}")

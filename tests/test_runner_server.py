@@ -7,6 +7,7 @@ server runs concurrent sessions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import struct
@@ -20,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coinfer.errors import DeviceUnavailableError, UserInputError
+from coinfer.errors import CoinferError, DeviceUnavailableError, UserInputError
 from coinfer.models.shards import generate_greedy, shard_range
 from coinfer.runner import auth, protocol
 from coinfer.runner.device import open_session, run_device_session
@@ -146,8 +147,8 @@ def test_deep_frame_and_big_number_are_refused_and_the_server_keeps_serving(mode
     srv = start()
     hostile = [
         b"[" * 1000 + b"]" * 1000,  # a RecursionError in json once
-        b'{"op": "hello", "protocol": 2, "client_nonce": ' + b"9" * 5000 + b"}",  # the int-digits ValueError once
-        b'{"op": "hello", "protocol": 2, "client_nonce": 1e400}',  # infinity
+        b'{"op": "hello", "protocol": 3, "client_nonce": ' + b"9" * 5000 + b"}",  # the int-digits ValueError once
+        b'{"op": "hello", "protocol": 3, "client_nonce": 1e400}',  # infinity
         b'{"op": "hello", "protocol": NaN}',
         b"\xff\xfe{}",  # not UTF-8
         b'{"a": ' * 9 + b"1" + b"}" * 9,  # one level past the cap
@@ -474,3 +475,14 @@ def test_open_session_reports_busy_as_unavailable_with_the_hint(model, start):
                 open_session(c, _request(model), None, "here")
     finally:
         hold.close()
+
+
+def test_weights_from_another_file_are_refused(model, start):
+    srv = start()
+    _, reply = _hello_then(srv, _request(model, weights_source="other.Q4_1.gguf sha256:" + "0" * 64))
+    assert reply["ok"] is False and "weights mismatch" in reply["error"] and "other.Q4_1.gguf" in reply["error"]
+    # The device sends its own identity's source: a device model from another file is refused too.
+    other = dataclasses.replace(model, identity=model.identity.model_copy(update={"weights_source": "b.gguf sha256:1"}))
+    with pytest.raises(CoinferError, match="weights mismatch"):
+        run_device_session(other, [0, 2, 4], [srv.addr], _ids(), None, 1, "fp32", 1, timeout_s=20.0)
+    assert _generate(model, srv) == _unsplit(model)  # the server keeps serving the right device

@@ -20,6 +20,7 @@ import torch
 
 from coinfer.models.payload import activation_bytes, token_ids_bytes
 from coinfer.models.shards import generate_greedy, shard_range
+from coinfer.runner.protocol import PROTOCOL_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def _body(data: bytes) -> bytes:
 
 def _open_request(env, family, **over):
     ident = env["models"][family].identity
-    req = dict(op="open", protocol=2, session_id="ab" * 8, config_sha256=ident.config_sha256, weights=ident.weights,
+    req = dict(op="open", protocol=PROTOCOL_VERSION, session_id="ab" * 8, config_sha256=ident.config_sha256, weights=ident.weights,
                weights_seed=ident.weights_seed, bounds=[0, 3, 6], rank=1, wire_dtype="fp32", batch=1, prompt_tokens=4,
                new_tokens=0, has_mask=False, runs=1, rtt_ms=0.0, timeout_s=1.0)
     req.update(over)
@@ -192,7 +193,7 @@ def _open_request(env, family, **over):
 def _handshake_then(child, request: dict) -> dict:
     """Hello, challenge, then ``request`` as sent (no proof): the server's reply."""
     with socket.create_connection((child.host, child.port), timeout=10) as s:
-        s.sendall(_frame({"op": "hello", "protocol": 2, "client_nonce": "0" * 64}))
+        s.sendall(_frame({"op": "hello", "protocol": PROTOCOL_VERSION, "client_nonce": "0" * 64}))
         (n,) = struct.unpack(">I", s.recv(4))
         assert json.loads(s.recv(n))["op"] == "challenge"
         s.sendall(_frame(request))
@@ -206,7 +207,7 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(env):
         struct.pack(">I", 1 << 30) + b"x" * 16,  # oversized: refused before the body is read
         struct.pack(">I", 5) + b"{nope",  # not JSON
         struct.pack(">I", 2000) + b"[" * 1000 + b"]" * 1000,  # 1,000 deep: a RecursionError once
-        _body(b'{"op": "hello", "protocol": 2, "client_nonce": ' + b"7" * 5000 + b"}"),  # a ValueError once
+        _body(b'{"op": "hello", "protocol": %d, "client_nonce": ' % PROTOCOL_VERSION + b"7" * 5000 + b"}"),  # a ValueError once
         _frame({"op": "hello", "protocol": 1, "client_nonce": "0" * 64}),  # an old client
         _frame(_open_request(env, "bert")),  # a request without the hello
     ]
@@ -215,7 +216,7 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(env):
         assert reply["ok"] is False and reply["error"]
     assert "refused" in _raw(srv, first[0])["error"]
     assert "deeper" in _raw(srv, first[2])["error"] and "5000 characters" in _raw(srv, first[3])["error"]
-    assert "protocol 2" in _raw(srv, first[4])["error"] and "invalid Hello" in _raw(srv, first[5])["error"]
+    assert f"protocol {PROTOCOL_VERSION}" in _raw(srv, first[4])["error"] and "invalid Hello" in _raw(srv, first[5])["error"]
     after_hello = [
         {"op": "open", "evil": True},  # unknown fields
         _open_request(env, "bert", config_sha256="0" * 64),  # another model
