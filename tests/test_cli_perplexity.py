@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
+import torch
 
 from coinfer.cli.main import main
 from coinfer.reports.io import load_document
@@ -21,6 +25,29 @@ def test_report_and_printed_protocol(tmp_path, capsys):
     assert p.scored_tokens == 191 and rep.model.weights_label == "random"
     assert f"perplexity {rep.figures.perplexity:.4g}" in printed
     assert p.describe() in printed
+
+
+def test_json_is_the_document_alone_and_matches_a_hand_computation(tmp_path, capsys):
+    from coinfer.models.corpora import resolve_text
+    from coinfer.models.loading import load_model
+
+    assert main([*ARGS, "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout holds the one document and nothing else
+    rep = PerplexityReport.model_validate(doc)
+    assert doc["kind"] == "perplexity_report" and rep.figures.protocol.window == 64
+    # By hand: byte tokens, 3 non-overlapping windows of 64, each window's first token unscored.
+    lm = load_model("llama-small")
+    vocab = lm.adapter.vocab_size
+    ids = [b % vocab for b in resolve_text("builtin", "--eval-text", "builtin").text.encode()][:192]
+    nll = 0.0
+    with torch.no_grad():
+        for s in range(0, 192, 64):
+            x = torch.tensor([ids[s : s + 64]])
+            lp = lm.model(x).logits[0, :-1].double().log_softmax(-1)
+            nll -= float(lp.gather(-1, x[0, 1:, None]).sum())
+    assert rep.figures.perplexity == pytest.approx(math.exp(nll / 189), rel=1e-5)
+    assert rep.figures.protocol.scored_tokens == 189
 
 
 @pytest.mark.parametrize(
