@@ -1,13 +1,13 @@
 """Quality of a precision (x pruning ratio) against the fp32 unpruned model, under a printed protocol.
 
-The same definitions as :mod:`coinfer.models.perplexity` (its windows are built here because
-encoders need ``[CLS] ... [SEP]`` and the timing needs the windows as tensors): the evaluation
-text comes from :mod:`coinfer.models.corpora` (Hamlet by default, or the user's file); it is
-tokenized without special tokens; the first ``tokens`` tokens are cut into non-overlapping
-windows of ``window`` tokens (stride = window), no BOS is prepended, and every position but the
-first of a window is scored. Encoders get ``[CLS] ... [SEP]`` around each window (two tokens of
-the window). Models without a tokenizer (random-weight presets) read UTF-8 bytes modulo the
-vocabulary.
+Decoders' windows come from :mod:`coinfer.models.perplexity` (the one home of the protocol):
+the evaluation text from :mod:`coinfer.models.corpora` (Hamlet by default, or the user's file),
+tokenized without special tokens; the first ``tokens`` tokens cut into non-overlapping windows of
+``window`` tokens (stride = window), no BOS prepended, every position but the first of a window
+scored. Encoders' windows are built here, with ``[CLS] ... [SEP]`` around each (two tokens of the
+window). Models without a tokenizer (random-weight presets) read UTF-8 bytes modulo the
+vocabulary. The figures are computed here because the fp32 reference is kept once for every
+precision and ratio compared with it.
 
 Figures, each against the fp32 unpruned model on the same windows (the definitions of
 :mod:`coinfer.pruner.metrics`): perplexity and its ratio, mean next-token KL(p_fp32 || p) in
@@ -26,11 +26,10 @@ import torch
 
 from coinfer.errors import UserInputError
 from coinfer.models.corpora import DEFAULT_EVALUATION, Text, resolve_text
+from coinfer.models.perplexity import prepare_for
 from coinfer.reports.precision import EvalProtocol, Quality
 from coinfer.vocab import max_positions
 
-DEFAULT_EVAL_TOKENS = 4096
-DEFAULT_WINDOW = 512
 EvalText = Text  # the evaluation text: coinfer.models.corpora is its one home
 
 
@@ -51,10 +50,12 @@ def eval_windows(loaded: Any, text: EvalText, tokens: int, window: int) -> tuple
         UserInputError: The text is shorter than one window.
     """
     ad, tok = loaded.adapter, loaded.tokenizer
+    if ad.is_decoder:
+        return _decoder_windows(loaded, text, tokens, window)
     special: tuple[list[int], list[int]] = ([], [])
     if tok is not None:
         ids = tok(text.text, add_special_tokens=False)["input_ids"]
-        if not ad.is_decoder and tok.cls_token_id is not None and tok.sep_token_id is not None:
+        if tok.cls_token_id is not None and tok.sep_token_id is not None:
             special = ([tok.cls_token_id], [tok.sep_token_id])
     else:
         ids = [b % ad.vocab_size for b in text.text.encode("utf-8")]
@@ -69,6 +70,16 @@ def eval_windows(loaded: Any, text: EvalText, tokens: int, window: int) -> tuple
         text=text.name, text_source=text.source, text_sha256=text.sha256,
         tokenizer="model" if tok is not None else "bytes", tokens=count * body, window_tokens=window,
         stride_tokens=body, windows=count, special_tokens="cls_sep" if special[0] else "none",
+    )
+    return windows, protocol
+
+
+def _decoder_windows(loaded: Any, text: EvalText, tokens: int, window: int) -> tuple[list[torch.Tensor], EvalProtocol]:
+    ev = prepare_for(loaded, text, tokens=tokens, window=window)
+    p, windows = ev.protocol, ev.window_inputs()
+    protocol = EvalProtocol(
+        text=text.name, text_source=text.source, text_sha256=text.sha256, tokenizer=p.tokenizer, tokens=p.tokens,
+        window_tokens=p.window, stride_tokens=p.stride, windows=len(windows), special_tokens="none",
     )
     return windows, protocol
 
