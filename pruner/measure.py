@@ -204,7 +204,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any, eval_text: Any = None) -> Pr
 
     base = _baseline(loaded.adapter, calib, opts)
     notes = _model_notes(base, calib, opts)
-    base.evalset, dense_quality = _dense_quality(loaded, eval_text, calib.source, opts, notes)
+    base.evalset, dense_quality = _dense_quality(loaded, eval_text, calib, opts, notes)
     results: list[RatioResult] = []
     final = Path(opts.export_dir) if opts.export_dir else None
     with _export_folder(final, opts.force) as export_tmp:
@@ -246,7 +246,7 @@ def measure_all(loaded: Any, calib: Any, opts: Any, eval_text: Any = None) -> Pr
     )
 
 
-def _dense_quality(loaded: Any, eval_text: Any, calib_source: str, opts: Any, notes: list[str]) -> tuple[Any, Any]:
+def _dense_quality(loaded: Any, eval_text: Any, calib: Any, opts: Any, notes: list[str]) -> tuple[Any, Any]:
     """The evaluation set and the dense model's figures on it (None, None: no text or an encoder)."""
     if eval_text is None:
         return None, None
@@ -257,8 +257,8 @@ def _dense_quality(loaded: Any, eval_text: Any, calib_source: str, opts: Any, no
     from coinfer.models import perplexity
 
     evalset = perplexity.prepare_for(loaded, eval_text, tokens=opts.eval_tokens, window=opts.eval_window)
-    if eval_text.name == calib_source:
-        notes.append(f"the evaluation text is the calibration text ({calib_source}): the perplexity is not held out")
+    if eval_text.name == calib.source or eval_text.sha256 == calib.sha256:
+        notes.append(f"the evaluation text is the calibration text ({calib.source}): the perplexity is not held out")
     return evalset, perplexity.evaluate(perplexity.logits_fn(loaded.adapter), evalset)
 
 

@@ -93,3 +93,15 @@ def test_the_json_holds_the_figures(run):
     _, root = run
     data = json.loads((root / "prune.json").read_text())
     assert data["dense_quality"]["protocol"]["window"] == WINDOW and data["results"][1]["quality"]["kl_nats"] > 0
+
+
+def test_the_same_text_under_another_name_is_noted_as_not_held_out(tmp_path, tiny_config):
+    build_from_config(tiny_config("llama", positions=64, vocab=97), name="llama", seed=3).model.save_pretrained(tmp_path / "m")
+    (tmp_path / "calib.txt").write_text(EVAL)
+    (tmp_path / "copy.txt").write_text(EVAL)
+    rep = tmp_path / "prune.json"
+    args = ["prune", "-m", str(tmp_path / "m"), "--ratios", "0.5", "--calib", str(tmp_path / "calib.txt"), "--eval-text",
+            str(tmp_path / "copy.txt"), "--eval-tokens", "64", "--eval-window", str(WINDOW), "--prompt-tokens", "16",
+            "--windows", "2", "--no-speed", "-o", str(rep)]
+    assert main(args) == 0
+    assert any("is the calibration text" in n and "not held out" in n for n in load_document(rep, PruneReport).notes)
